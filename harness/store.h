@@ -1,0 +1,73 @@
+// The results store: SQLite in WAL mode, schema in results/schema.sql (its version in
+// PRAGMA user_version), one transaction per case so a killed run leaves only whole cases.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+struct sqlite3;
+
+namespace kvq {
+
+struct RunInfo {
+  std::string scenario;       // path as given
+  std::string scenario_hash;  // sha256 (hex) of the scenario file's bytes
+  std::string command;        // the kvq command line
+  std::string git_sha, host, cpu_flags, compiler, build_type, gpu;
+};
+// Fills git sha (of the source tree, or "unknown"), host, CPU flags, compiler, build type and
+// GPU name (empty when none) for a run of `scenario_path`.
+RunInfo collect_run_info(const std::string& scenario_path, const std::string& command);
+
+struct CaseRecord {
+  std::string name;         // unique within the run, e.g. "quantize/b2/G128/token/synthetic"
+  std::string op;           // op or method name
+  std::string params_json;  // the expanded parameters
+  std::string repro;        // the one kvq command that reruns exactly this case
+};
+
+struct CheckRecord {
+  std::string backend, reference;
+  std::string status;             // "pass", "fail", "error", "unsupported"
+  int64_t mismatches = 0;
+  double max_ulp = 0.0;
+  double nmse = 0.0;
+  int64_t first_mismatch = -1;    // flat index, -1 when none
+  std::string expected, got;      // values at the first mismatch (text), or the error message
+};
+
+struct Measurement {
+  std::string backend, metric;    // metric e.g. "time", "bandwidth", "nmse", "ppl"
+  double value = 0.0;
+  std::string unit;               // "s", "GB/s", "ratio", ...
+  int64_t repetitions = 1;
+  double spread = 0.0;            // e.g. (max - min) / median over repetitions
+};
+
+class Store {
+ public:
+  // Opens or creates the database (parent folders too), applies the schema, enables WAL and a
+  // busy timeout. Throws kvq::Error naming the path on a schema version mismatch.
+  explicit Store(const std::string& path);
+  ~Store();
+  Store(const Store&) = delete;
+  Store& operator=(const Store&) = delete;
+
+  int64_t begin_run(const RunInfo& info);  // status "incomplete" until finish_run
+  // The case, its checks and measurements in one transaction. Returns the case id.
+  int64_t add_case(int64_t run_id, const CaseRecord& record, const std::vector<CheckRecord>& checks,
+                   const std::vector<Measurement>& measurements);
+  void finish_run(int64_t run_id, const std::string& status);  // "complete" or "failed"
+
+  sqlite3* handle() { return db_; }
+  const std::string& path() const { return path_; }
+
+ private:
+  sqlite3* db_ = nullptr;
+  std::string path_;
+};
+
+constexpr int kSchemaVersion = 1;
+
+}  // namespace kvq
