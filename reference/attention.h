@@ -28,7 +28,40 @@ struct DecodeCache {
   Quantized k, v;                      // [tokens, heads * head_dim]
   std::vector<uint8_t> kept;           // [tokens], empty = none kept
   std::vector<uint16_t> k_fp16, v_fp16;  // [tokens, heads * head_dim], fp16 bits (kept rows)
+
+  // --- Additions by methods.h (all optional; empty keeps the meaning above) ---
+  // V's own kept flags when they differ from K's (KIVI: K waits for whole groups); empty = V
+  // uses `kept`. Kept rows are in the quantizer's input basis before rotation: pre-RoPE K when
+  // k_pre_rope (RoPE is applied after, like every other row), post-RoPE otherwise.
+  std::vector<uint8_t> v_kept;
+  // Quantized parts over subsets of tokens, used instead of k / v when non-empty: sinks are
+  // excluded from quantization groups (SPEC.md §4) and AKVQ-VL stores two bit widths (§6).
+  // Row r of part.q holds token part.tokens[r].
+  struct QuantizedRows {
+    std::vector<int32_t> tokens;
+    Quantized q;
+  };
+  std::vector<QuantizedRows> k_parts, v_parts;
+  // Dense-and-sparse outliers (KVQuant): flat indices into [tokens, heads * head_dim] of the
+  // quantized (pre-rotation) basis, ascending, with fp16 values that replace the dequantized
+  // value there; the dense part was quantized with these elements set to 0.
+  struct SparseOutliers {
+    std::vector<int32_t> index;
+    std::vector<uint16_t> value;
+  };
+  SparseOutliers k_outliers, v_outliers;
+  // The fp32 method (the unquantized baseline, SPEC.md §8): when non-empty these rows
+  // [tokens, heads * head_dim] (original basis, K post-RoPE) are the cache, exactly.
+  std::vector<float> k_f32, v_f32;
 };
+
+// Causal attention probabilities of one query head in fp64 (SPEC.md §4 ground truth, §6
+// received attention): q [T, q_heads, d] and k [T, kv_heads, d] post-RoPE;
+// A[i, j] = softmax_j<=i(q_i . k_j / sqrt(d)), max-subtracted, 0 above the diagonal.
+// Grouped-query: head h reads KV head h / (q_heads / kv_heads). Returns [T, T] row-major.
+std::vector<double> causal_attention_f64(std::span<const float> q, std::span<const float> k,
+                                         int64_t tokens, int64_t q_heads, int64_t kv_heads,
+                                         int64_t head_dim, int64_t head);
 
 // RoPE on consecutive pairs (2i, 2i+1) of each head of x ([heads, d]) at `position`, theta base:
 // angle = position * theta^(-2i/d) computed in fp64, cos/sin rounded to fp32, then
