@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 struct sqlite3;
@@ -69,5 +70,23 @@ class Store {
 };
 
 constexpr int kSchemaVersion = 1;
+
+// The GPU name for RunInfo::gpu comes from the CUDA backend when it is built: it registers a
+// provider once at start-up; without one the field stays empty.
+using GpuNameProvider = std::string (*)();
+void set_gpu_name_provider(GpuNameProvider provider);
+
+// Report queries (results/*.sql, embedded at build time): name (file stem) -> SQL text.
+std::vector<std::pair<std::string, std::string>> named_queries();
+// results/schema.sql as embedded.
+const char* schema_sql();
+
+// The result of the last statement of `sql` that returns columns: column names and rows, every
+// value as text (SQL NULL as the empty string). Throws kvq::Error with SQLite's message.
+struct QueryResult {
+  std::vector<std::string> columns;
+  std::vector<std::vector<std::string>> rows;
+};
+QueryResult run_query(sqlite3* db, const std::string& sql);
 
 }  // namespace kvq

@@ -1,0 +1,235 @@
+// AVX2 + FMA + F16C traits for the kernel bodies shared with AVX-512 (backends/avx/*_body.h).
+// Included only by backends/avx/avx2.cpp, compiled with -mavx2 -mfma -mf16c. Same member names
+// and meaning as kvq::avx512::Simd; lane masks are plain bit masks (bit i = lane i).
+#pragma once
+
+#include <immintrin.h>
+
+#include <cstdint>
+#include <cstring>
+
+namespace kvq::avx2 {
+
+struct Simd {
+  static constexpr int W = 8;
+  static constexpr int kRegVectors = 16;
+  static constexpr bool kFastGather = false;  // vgatherdps worth using for permutations
+  using V = __m256;
+  using VI = __m256i;
+
+  static __m256i first_mask(int n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_set_epi32(7, 6, 5, 4, 3, 2, 1, 0));
+  }
+  static __m256i lanes_mask(unsigned lanes) {
+    const __m256i bit = _mm256_set_epi32(128, 64, 32, 16, 8, 4, 2, 1);
+    const __m256i l = _mm256_set1_epi32(static_cast<int>(lanes));
+    return _mm256_cmpeq_epi32(_mm256_and_si256(l, bit), bit);
+  }
+
+  static V zero() { return _mm256_setzero_ps(); }
+  static V set1(float x) { return _mm256_set1_ps(x); }
+  static V load(const float* p) { return _mm256_loadu_ps(p); }
+  // Masked moves are slow on some AVX2 CPUs (vmaskmovps stores are microcoded on AMD Zen 1/2),
+  // so whole vectors take the plain instruction.
+  static V load_n(const float* p, int n, V fill) {
+    if (n >= W) return _mm256_loadu_ps(p);
+    const __m256i m = first_mask(n);
+    return _mm256_blendv_ps(fill, _mm256_maskload_ps(p, m), _mm256_castsi256_ps(m));
+  }
+  static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
+  static void store_n(float* p, V v, int n) {
+    if (n >= W) {
+      _mm256_storeu_ps(p, v);
+      return;
+    }
+    alignas(32) float t[W];
+    _mm256_store_ps(t, v);
+    std::memcpy(p, t, static_cast<size_t>(n) * sizeof(float));
+  }
+
+  static __m128i load_u16_n(const uint16_t* p, int n) {
+    if (n >= W) return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    alignas(16) uint16_t t[W] = {};
+    std::memcpy(t, p, static_cast<size_t>(n) * sizeof(uint16_t));
+    return _mm_load_si128(reinterpret_cast<const __m128i*>(t));
+  }
+  static V load_f16_n(const uint16_t* p, int n) { return _mm256_cvtph_ps(load_u16_n(p, n)); }
+  static V load_bf16_n(const uint16_t* p, int n) {
+    const __m256i w = _mm256_cvtepu16_epi32(load_u16_n(p, n));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+  }
+  static V gather_n(const float* base, const int32_t* idx, int n) {
+    if (n >= W)
+      return _mm256_i32gather_ps(base, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(idx)),
+                                 4);
+    const __m256i m = first_mask(n);
+    const __m256i i = _mm256_maskload_epi32(idx, m);
+    return _mm256_mask_i32gather_ps(_mm256_setzero_ps(), base, i, _mm256_castsi256_ps(m), 4);
+  }
+
+  static V add(V a, V b) { return _mm256_add_ps(a, b); }
+  static V sub(V a, V b) { return _mm256_sub_ps(a, b); }
+  static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
+  static V div(V a, V b) { return _mm256_div_ps(a, b); }  // correctly rounded (SPEC.md §0)
+  static V fmadd(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static V min(V a, V b) { return _mm256_min_ps(a, b); }
+  static V max(V a, V b) { return _mm256_max_ps(a, b); }
+  static V abs(V a) {
+    return _mm256_and_ps(a, _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF)));
+  }
+  static V round_ne(V v) { return _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static float reduce_min(V v) {
+    __m128 m = _mm_min_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_min_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_min_ss(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
+  }
+  static float reduce_max(V v) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
+  }
+
+  static V nonfinite_acc(V acc, V v) { return _mm256_or_ps(acc, _mm256_sub_ps(v, v)); }
+  static bool any_bits(V v) {
+    const __m256i i = _mm256_castps_si256(v);
+    return !_mm256_testz_si256(i, i);
+  }
+  static unsigned zero_lanes(V v) {
+    return static_cast<unsigned>(
+        _mm256_movemask_ps(_mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_EQ_OQ)));
+  }
+  static float lane(V v, int i) {
+    alignas(32) float t[W];
+    _mm256_store_ps(t, v);
+    return t[i];
+  }
+  static V set_lane(V v, int i, float x) {
+    alignas(32) float t[W];
+    _mm256_store_ps(t, v);
+    t[i] = x;
+    return _mm256_load_ps(t);
+  }
+
+  // In-register butterfly stage h < W (SPEC.md §1), as in the AVX-512 traits.
+  template <int H>
+  static V butterfly(V v) {
+    if constexpr (H == 1) {
+      const V p = _mm256_permute_ps(v, _MM_SHUFFLE(2, 3, 0, 1));
+      return _mm256_blend_ps(_mm256_add_ps(v, p), _mm256_sub_ps(p, v), 0xAA);
+    } else if constexpr (H == 2) {
+      const V p = _mm256_permute_ps(v, _MM_SHUFFLE(1, 0, 3, 2));
+      return _mm256_blend_ps(_mm256_add_ps(v, p), _mm256_sub_ps(p, v), 0xCC);
+    } else {
+      static_assert(H == 4);
+      const V p = _mm256_permute2f128_ps(v, v, 1);
+      return _mm256_blend_ps(_mm256_add_ps(v, p), _mm256_sub_ps(p, v), 0xF0);
+    }
+  }
+
+  static uint16_t to_half(float f) {
+    return static_cast<uint16_t>(_mm_extract_epi16(
+        _mm_cvtps_ph(_mm_set_ss(f), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), 0));
+  }
+  static float from_half(uint16_t h) {
+    return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h)));
+  }
+  static float round_ne_scalar(float f) {
+    return _mm_cvtss_f32(_mm_round_ss(_mm_setzero_ps(), _mm_set_ss(f),
+                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+  static VI to_half_bits(V v) {
+    return _mm256_cvtepu16_epi32(_mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+  static V from_half_bits(VI h) {
+    const __m128i p = _mm_packus_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+    return _mm256_cvtph_ps(p);
+  }
+  static void store_half_bits_n(uint16_t* p, VI h, int n) {
+    alignas(16) uint16_t t[W];
+    _mm_store_si128(reinterpret_cast<__m128i*>(t),
+                    _mm_packus_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1)));
+    std::memcpy(p, t, static_cast<size_t>(n) * sizeof(uint16_t));
+  }
+  static unsigned half_nonfinite_lanes(VI h) {
+    const __m256i e = _mm256_and_si256(h, _mm256_set1_epi32(0x7C00));
+    return static_cast<unsigned>(_mm256_movemask_ps(
+        _mm256_castsi256_ps(_mm256_cmpeq_epi32(e, _mm256_set1_epi32(0x7C00)))));
+  }
+
+  static VI to_int(V v) { return _mm256_cvttps_epi32(v); }
+  static VI zero_masked(VI v, int n) { return _mm256_and_si256(v, first_mask(n)); }
+  static VI seti(int32_t x) { return _mm256_set1_epi32(x); }
+  static VI lane_shifts(int bits) {
+    return _mm256_mullo_epi32(_mm256_set_epi32(7, 6, 5, 4, 3, 2, 1, 0), _mm256_set1_epi32(bits));
+  }
+  static V code_to_float(VI q) { return _mm256_cvtepi32_ps(q); }
+  static VI subi(VI a, VI b) { return _mm256_sub_epi32(a, b); }
+  static VI ori(VI a, VI b) { return _mm256_or_si256(a, b); }
+  static VI andi(VI a, VI b) { return _mm256_and_si256(a, b); }
+  static VI shl(VI v, int s) { return _mm256_sll_epi32(v, _mm_cvtsi32_si128(s)); }
+  static VI shr(VI v, int s) { return _mm256_srl_epi32(v, _mm_cvtsi32_si128(s)); }
+  static VI select_i(unsigned lanes, VI a, VI b) {
+    return _mm256_blendv_epi8(b, a, lanes_mask(lanes));
+  }
+  static V select(unsigned lanes, V a, V b) {
+    return _mm256_blendv_ps(b, a, _mm256_castsi256_ps(lanes_mask(lanes)));
+  }
+  static unsigned eq_lanes(V a, V b) {
+    return static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_EQ_OQ)));
+  }
+  static unsigned le_lanes(V a, V b) {
+    return static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_LE_OQ)));
+  }
+  static unsigned gt_lanes(V a, V b) {
+    return static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_GT_OQ)));
+  }
+  static void store_i(int32_t* p, VI v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v); }
+  static VI load_i(const int32_t* p) {
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  }
+  static VI iota() { return _mm256_set_epi32(7, 6, 5, 4, 3, 2, 1, 0); }
+  static VI addi(VI a, VI b) { return _mm256_add_epi32(a, b); }
+
+  // W = 8 codes of bits <= 4 into 8 * bits stream bits (lane i at bit i * bits).
+  static uint64_t pack(VI codes, VI shifts, int) {
+    __m256i s = _mm256_sllv_epi32(codes, shifts);
+    s = _mm256_or_si256(s, _mm256_permute2x128_si256(s, s, 1));
+    s = _mm256_or_si256(s, _mm256_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
+    s = _mm256_or_si256(s, _mm256_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
+    return static_cast<uint32_t>(_mm_cvtsi128_si32(_mm256_castsi256_si128(s)));
+  }
+  // Block packer (see simd_avx512.h): only 1-bit codes have one here (a sign-bit movemask).
+  template <int B>
+  static constexpr int pack_vectors() {
+    return B == 1 ? 1 : 0;
+  }
+  template <int B>
+  static void pack_block(const VI* q, uint8_t* out) {
+    static_assert(B == 1);
+    *out = static_cast<uint8_t>(_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_slli_epi32(q[0], 31))));
+  }
+  static void store_bytes_n(uint8_t* out, VI codes, int n) {
+    const __m256i w = _mm256_packus_epi32(codes, codes);  // c0-3 c0-3 | c4-7 c4-7 (16-bit)
+    const __m256i b = _mm256_packus_epi16(w, w);            // bytes 0-3: c0-3, 16-19: c4-7
+    const auto lo = static_cast<uint32_t>(_mm_cvtsi128_si32(_mm256_castsi256_si128(b)));
+    const auto hi = static_cast<uint32_t>(_mm256_extract_epi32(b, 4));
+    const uint64_t bytes = static_cast<uint64_t>(lo) | (static_cast<uint64_t>(hi) << 32);
+    if (n == W)
+      std::memcpy(out, &bytes, W);
+    else
+      std::memcpy(out, &bytes, static_cast<size_t>(n));
+  }
+  static VI unpack(uint64_t stream, VI shifts, int bits) {
+    const __m256i v = _mm256_set1_epi32(static_cast<int32_t>(stream));
+    return _mm256_and_si256(_mm256_srlv_epi32(v, shifts), _mm256_set1_epi32((1 << bits) - 1));
+  }
+  static VI load_bytes_n(const uint8_t* in, int n) {
+    uint64_t bytes = 0;
+    std::memcpy(&bytes, in, static_cast<size_t>(n));
+    return _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(static_cast<int64_t>(bytes)));
+  }
+};
+
+}  // namespace kvq::avx2

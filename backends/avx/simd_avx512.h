@@ -1,0 +1,213 @@
+// AVX-512 (F, BW, DQ, VL) + FMA + F16C traits for the kernel bodies shared with AVX2
+// (backends/avx/*_body.h). Included only by backends/avx/avx512.cpp, which is compiled with
+// -mavx512f -mavx512bw -mavx512dq -mavx512vl -mfma -mf16c. Every function is a static member of a
+// struct in namespace kvq::avx512, so no symbol compiled for this ISA can be chosen by the linker
+// for code that runs on a CPU without it.
+#pragma once
+
+#include <immintrin.h>
+
+#include <cstdint>
+#include <cstring>
+
+namespace kvq::avx512 {
+
+struct Simd {
+  static constexpr int W = 16;     // fp32 lanes per vector
+  static constexpr int kRegVectors = 32;  // fwht blocks up to W * 32 values stay in registers
+  static constexpr bool kFastGather = true;  // vgatherdps worth using for permutations
+  using V = __m512;
+  using VI = __m512i;
+
+  static __mmask16 first(int n) { return static_cast<__mmask16>((1u << n) - 1u); }
+
+  static V zero() { return _mm512_setzero_ps(); }
+  static V set1(float x) { return _mm512_set1_ps(x); }
+  static V load(const float* p) { return _mm512_loadu_ps(p); }
+  // Lanes >= n take `fill`.
+  static V load_n(const float* p, int n, V fill) { return _mm512_mask_loadu_ps(fill, first(n), p); }
+  static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
+  static void store_n(float* p, V v, int n) { _mm512_mask_storeu_ps(p, first(n), v); }
+
+  // Exact widening (SPEC.md §0); lanes >= n are 0.
+  static V load_f16_n(const uint16_t* p, int n) {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(first(n), p));
+  }
+  static V load_bf16_n(const uint16_t* p, int n) {
+    const __m512i w = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(first(n), p));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+  }
+  static V gather_n(const float* base, const int32_t* idx, int n) {
+    const __m512i i = _mm512_maskz_loadu_epi32(first(n), idx);
+    return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), first(n), i, base, 4);
+  }
+
+  static V add(V a, V b) { return _mm512_add_ps(a, b); }
+  static V sub(V a, V b) { return _mm512_sub_ps(a, b); }
+  static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
+  static V div(V a, V b) { return _mm512_div_ps(a, b); }  // correctly rounded (SPEC.md §0)
+  static V fmadd(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static V min(V a, V b) { return _mm512_min_ps(a, b); }
+  static V max(V a, V b) { return _mm512_max_ps(a, b); }
+  static V abs(V a) { return _mm512_abs_ps(a); }
+  static V round_ne(V v) {
+    return _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  }
+  static float reduce_min(V v) { return _mm512_reduce_min_ps(v); }
+  static float reduce_max(V v) { return _mm512_reduce_max_ps(v); }
+
+  // acc collects v - v, which is +0 for finite v and NaN for inf or NaN.
+  static V nonfinite_acc(V acc, V v) { return _mm512_or_ps(acc, _mm512_sub_ps(v, v)); }
+  static bool any_bits(V v) {
+    const __m512i i = _mm512_castps_si512(v);
+    return _mm512_test_epi32_mask(i, i) != 0;
+  }
+  // Lanes of v equal to 0 (either sign), as a bit mask.
+  static unsigned zero_lanes(V v) {
+    return _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_EQ_OQ);
+  }
+  static float lane(V v, int i) {
+    alignas(64) float t[W];
+    _mm512_store_ps(t, v);
+    return t[i];
+  }
+  static V set_lane(V v, int i, float x) {
+    return _mm512_mask_broadcastss_ps(v, static_cast<__mmask16>(1u << i), _mm_set_ss(x));
+  }
+
+  // In-register butterfly stage h < W of the FWHT (SPEC.md §1): lane j of each 2h block gets
+  // x[j] + x[j+h], lane j+h gets x[j] - x[j+h]; one add or subtract per output.
+  template <int H>
+  static V butterfly(V v) {
+    V p;
+    __mmask16 upper;
+    if constexpr (H == 1) {
+      p = _mm512_permute_ps(v, _MM_SHUFFLE(2, 3, 0, 1));
+      upper = 0xAAAA;
+    } else if constexpr (H == 2) {
+      p = _mm512_permute_ps(v, _MM_SHUFFLE(1, 0, 3, 2));
+      upper = 0xCCCC;
+    } else if constexpr (H == 4) {
+      p = _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(2, 3, 0, 1));
+      upper = 0xF0F0;
+    } else {
+      static_assert(H == 8);
+      p = _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(1, 0, 3, 2));
+      upper = 0xFF00;
+    }
+    return _mm512_mask_sub_ps(_mm512_add_ps(v, p), upper, p, v);
+  }
+
+  // fp16 conversion, round to nearest even (equal to reference/half.h; tests/test_avx.cpp checks
+  // every input class exhaustively).
+  static uint16_t to_half(float f) {
+    return static_cast<uint16_t>(_mm_extract_epi16(
+        _mm_cvtps_ph(_mm_set_ss(f), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), 0));
+  }
+  static float from_half(uint16_t h) {
+    return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h)));
+  }
+  static float round_ne_scalar(float f) {
+    return _mm_cvtss_f32(_mm_round_ss(_mm_setzero_ps(), _mm_set_ss(f),
+                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+  // Vector fp16 round trip per lane: scale16/zero16 bits and their fp32 values.
+  static VI to_half_bits(V v) {
+    return _mm512_cvtepu16_epi32(
+        _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+  static V from_half_bits(VI h) { return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(h)); }
+  static void store_half_bits_n(uint16_t* p, VI h, int n) {
+    _mm512_mask_cvtepi32_storeu_epi16(p, first(n), h);
+  }
+  // Lanes whose fp16 bits are inf or NaN.
+  static unsigned half_nonfinite_lanes(VI h) {
+    const __m512i e = _mm512_and_si512(h, _mm512_set1_epi32(0x7C00));
+    return _mm512_cmpeq_epi32_mask(e, _mm512_set1_epi32(0x7C00));
+  }
+
+  // Codes: an integral float in [0, 2^b - 1] per lane, converted exactly.
+  static VI to_int(V v) { return _mm512_cvttps_epi32(v); }
+  static VI zero_masked(VI v, int n) { return _mm512_maskz_mov_epi32(first(n), v); }
+  static VI seti(int32_t x) { return _mm512_set1_epi32(x); }
+  static VI lane_shifts(int bits) {  // lane i (mod 8) -> i * bits
+    const __m512i i = _mm512_set_epi32(7, 6, 5, 4, 3, 2, 1, 0, 7, 6, 5, 4, 3, 2, 1, 0);
+    return _mm512_mullo_epi32(i, _mm512_set1_epi32(bits));
+  }
+  static V code_to_float(VI q) { return _mm512_cvtepi32_ps(q); }
+  static VI subi(VI a, VI b) { return _mm512_sub_epi32(a, b); }
+  static VI ori(VI a, VI b) { return _mm512_or_si512(a, b); }
+  static VI andi(VI a, VI b) { return _mm512_and_si512(a, b); }
+  static VI shl(VI v, int s) { return _mm512_sll_epi32(v, _mm_cvtsi32_si128(s)); }
+  static VI shr(VI v, int s) { return _mm512_srl_epi32(v, _mm_cvtsi32_si128(s)); }
+  static VI select_i(unsigned lanes, VI a, VI b) {  // lanes set -> a, others b
+    return _mm512_mask_mov_epi32(b, static_cast<__mmask16>(lanes), a);
+  }
+  static V select(unsigned lanes, V a, V b) {
+    return _mm512_mask_mov_ps(b, static_cast<__mmask16>(lanes), a);
+  }
+  static unsigned eq_lanes(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ); }
+  static unsigned le_lanes(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_LE_OQ); }
+  static unsigned gt_lanes(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ); }
+  static void store_i(int32_t* p, VI v) { _mm512_storeu_si512(p, v); }
+  static VI load_i(const int32_t* p) { return _mm512_loadu_si512(p); }
+  static VI iota() { return _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0); }
+  static VI addi(VI a, VI b) { return _mm512_add_epi32(a, b); }
+
+  // Packs W codes of `bits` <= 4 bits (lane shifts from lane_shifts) into a little-endian
+  // bitstream of W * bits bits: lanes 0-7 fill 8*bits bits, lanes 8-15 the next 8*bits.
+  static uint64_t pack(VI codes, VI shifts, int bits) {
+    __m512i s = _mm512_sllv_epi32(codes, shifts);
+    s = _mm512_or_si512(s, _mm512_shuffle_i32x4(s, s, _MM_SHUFFLE(2, 3, 0, 1)));
+    s = _mm512_or_si512(s, _mm512_shuffle_epi32(s, _MM_PERM_BADC));
+    s = _mm512_or_si512(s, _mm512_shuffle_epi32(s, _MM_PERM_CDAB));
+    const auto lo = static_cast<uint32_t>(_mm_cvtsi128_si32(_mm512_castsi512_si128(s)));
+    const auto hi = static_cast<uint32_t>(_mm_cvtsi128_si32(_mm512_extracti32x4_epi32(s, 2)));
+    return static_cast<uint64_t>(lo) | (static_cast<uint64_t>(hi) << (8 * bits));
+  }
+  // Block packers: vectors per block for b bits (0 = none), and the packer writing
+  // pack_vectors * 16 * b / 8 bytes. Codes narrow to bytes, then multiply-add merges neighbours:
+  // b = 2: byte j = c[4j] + 4 c[4j+1] + 16 c[4j+2] + 64 c[4j+3]; b = 4: c[2j] + 16 c[2j+1].
+  template <int B>
+  static constexpr int pack_vectors() {
+    return B == 1 ? 1 : B == 2 ? 4 : B == 4 ? 2 : 0;
+  }
+  template <int B>
+  static void pack_block(const VI* q, uint8_t* out) {
+    if constexpr (B == 1) {
+      const uint16_t bits = _mm512_test_epi32_mask(q[0], q[0]);
+      std::memcpy(out, &bits, 2);
+    } else if constexpr (B == 2) {
+      __m512i b = _mm512_castsi128_si512(_mm512_cvtepi32_epi8(q[0]));
+      b = _mm512_inserti32x4(b, _mm512_cvtepi32_epi8(q[1]), 1);
+      b = _mm512_inserti32x4(b, _mm512_cvtepi32_epi8(q[2]), 2);
+      b = _mm512_inserti32x4(b, _mm512_cvtepi32_epi8(q[3]), 3);
+      const __m512i w = _mm512_maddubs_epi16(b, _mm512_set1_epi16(0x0401));
+      const __m512i d = _mm512_madd_epi16(w, _mm512_set1_epi32(0x00100001));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out), _mm512_cvtepi32_epi8(d));
+    } else {
+      static_assert(B == 4);
+      const __m256i b = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm512_cvtepi32_epi8(q[0])),
+                                                _mm512_cvtepi32_epi8(q[1]), 1);
+      const __m256i w = _mm256_maddubs_epi16(b, _mm256_set1_epi16(0x1001));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out), _mm256_cvtepi16_epi8(w));
+    }
+  }
+  // 8-bit codes: one byte each; writes n bytes.
+  static void store_bytes_n(uint8_t* out, VI codes, int n) {
+    _mm512_mask_cvtepi32_storeu_epi8(out, first(n), codes);
+  }
+  // Inverse of pack: W codes from the stream bits (bits <= 4).
+  static VI unpack(uint64_t stream, VI shifts, int bits) {
+    const auto lo = static_cast<int32_t>(stream & ((uint64_t{1} << (8 * bits)) - 1));
+    const auto hi = static_cast<int32_t>(stream >> (8 * bits));
+    const __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi32(lo)),
+                                         _mm256_set1_epi32(hi), 1);
+    return _mm512_and_si512(_mm512_srlv_epi32(v, shifts), _mm512_set1_epi32((1 << bits) - 1));
+  }
+  static VI load_bytes_n(const uint8_t* in, int n) {
+    return _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(first(n), in));
+  }
+};
+
+}  // namespace kvq::avx512

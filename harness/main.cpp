@@ -1,0 +1,3 @@
+#include "harness/cli.h"
+
+int main(int argc, char** argv) { return kvq::cli_main(argc, argv); }

@@ -1,0 +1,38 @@
+// Records a llama2.c model's per-layer activations over a token sequence (fp32 cache) and
+// writes them in the DESIGN.md recording schema: layers.{i}.k_pre_rope, .k, .v [T, H_kv, d],
+// .q [T, H_q, d], .hidden_in [T, dim], fp32, with metadata (model, shapes, rope_theta, token
+// ids as a JSON list, text).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "harness/model/llama2.h"
+
+namespace kvq {
+
+struct LayerRecording {
+  std::vector<float> hidden_in, q, k_pre_rope, k, v;  // row-major, token-major
+};
+
+struct Recording {
+  ModelConfig config;
+  std::string model;  // model name (checkpoint file stem)
+  std::vector<int32_t> tokens;
+  std::string text;  // what the tokens decode to
+  std::vector<LayerRecording> layers;
+  int64_t size() const { return static_cast<int64_t>(tokens.size()); }
+};
+
+// Runs `tokens` (at positions 0..T-1, T <= seq_len) through the model token by token with the
+// fp32 cache and keeps every layer's activations. `progress(done, total)` is called now and then.
+Recording record_activations(const Model& model, std::span<const int32_t> tokens,
+                             const std::function<void(int64_t, int64_t)>& progress = {});
+
+// Writes the recording as safetensors (atomically, harness/safetensors.h).
+void write_recording(const std::string& path, const Recording& recording);
+
+}  // namespace kvq

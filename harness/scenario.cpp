@@ -1,0 +1,270 @@
+#include "harness/scenario.h"
+
+#include <toml++/toml.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <map>
+#include <set>
+
+#include "harness/safetensors.h"
+#include "reference/error.h"
+#include "reference/quantize.h"
+
+namespace kvq {
+
+namespace {
+
+const std::set<std::string> kCaseKeys = {
+    "name", "op", "input", "seed", "dtype", "tokens", "heads", "head_dim", "outlier_channels",
+    "outlier_scale", "layers", "tensor", "bits", "group", "axis", "clip", "zero_point", "n",
+    "head_group", "rotation", "reorder", "hidden", "experts", "top_k", "q_heads", "method",
+    "window", "gate", "tolerance", "backends", "repetitions"};
+
+const std::set<std::string> kOps = {"fwht", "reorder", "rotate_k", "rotate_v", "quantize",
+                                    "dequantize", "rotate_quantize", "token_absmax",
+                                    "expert_statistics", "attention_decode", "method"};
+
+const std::map<std::string, std::set<std::string>> kChoices = {
+    {"dtype", {"f32", "f16"}},
+    {"tensor", {"k", "k_pre_rope", "v", "q", "hidden_in"}},
+    {"axis", {"token", "channel"}},
+    {"zero_point", {"float", "int"}},
+    {"rotation", {"none", "key_grouped", "per_head"}},
+    {"gate", {"exact", "tolerance", "none"}},
+    {"method", {"fp32", "rtn", "kivi", "kvquant", "rotatekv", "kvsink+kvquant", "akvq-vl"}},
+};
+const std::set<std::string> kIntKeys = {"seed", "tokens", "heads", "head_dim",
+                                        "outlier_channels", "layers", "bits", "group", "n",
+                                        "head_group", "hidden", "experts", "top_k", "q_heads",
+                                        "window", "repetitions"};
+const std::set<std::string> kFloatKeys = {"outlier_scale", "clip", "tolerance"};
+
+std::string at(const std::string& path, const toml::node& node, const std::string& key) {
+  return path + ":" + std::to_string(node.source().begin.line) + ":" +
+         std::to_string(node.source().begin.column) + ": key '" + key + "'";
+}
+
+bool power_of_two(int64_t n) { return n > 0 && (n & (n - 1)) == 0; }
+
+// One scalar, type-checked and range-checked for its key.
+nlohmann::json scalar(const std::string& key, const toml::node& node, const std::string& where) {
+  if (kIntKeys.count(key)) {
+    if (!node.is_integer()) throw Error(where + ": expected an integer");
+    const int64_t v = *node.value<int64_t>();
+    if (key == "bits" && !valid_bits(static_cast<int>(v)))
+      throw Error(where + ": bits must be one of 1, 2, 3, 4, 8 (got " + std::to_string(v) + ")");
+    if (key == "n" && (!power_of_two(v) || v < 2 || v > 32768))
+      throw Error(where + ": fwht size must be a power of two in 2..32768 (got " +
+                  std::to_string(v) + ")");
+    if (key == "seed" ? v < 0 : key == "outlier_channels" || key == "window" || key == "layers"
+                                    ? v < 0
+                                    : v <= 0)
+      throw Error(where + ": out of range (got " + std::to_string(v) + ")");
+    return v;
+  }
+  if (kFloatKeys.count(key)) {
+    if (!node.is_number()) throw Error(where + ": expected a number");
+    const double v = *node.value<double>();
+    if (!(v >= 0.0) || (key == "clip" && (v <= 0.0 || v > 1.0)))
+      throw Error(where + ": out of range (got " + std::to_string(v) + ")");
+    return v;
+  }
+  if (key == "reorder") {
+    if (!node.is_boolean()) throw Error(where + ": expected true or false");
+    return *node.value<bool>();
+  }
+  if (!node.is_string()) throw Error(where + ": expected a string");
+  const std::string v = *node.value<std::string>();
+  if (key == "op" && !kOps.count(v)) throw Error(where + ": unknown op '" + v + "'");
+  if (const auto it = kChoices.find(key); it != kChoices.end() && !it->second.count(v)) {
+    std::string list;
+    for (const std::string& c : it->second) list += (list.empty() ? "" : ", ") + c;
+    throw Error(where + ": '" + v + "' is not one of " + list);
+  }
+  return v;
+}
+
+std::string name_part(const std::string& key, const nlohmann::json& v) {
+  static const std::map<std::string, std::string> prefix = {
+      {"tokens", "T"}, {"bits", "b"}, {"group", "G"}, {"n", "n"}, {"head_dim", "d"},
+      {"heads", "H"}, {"hidden", "h"}, {"seed", "s"}, {"layers", "L"}, {"head_group", "g"}};
+  const auto it = prefix.find(key);
+  return (it != prefix.end() ? it->second : std::string()) +
+         (v.is_string() ? v.get<std::string>() : v.dump());
+}
+
+std::vector<std::string> strings(const toml::node& node, const std::string& where) {
+  std::vector<std::string> out;
+  const toml::array* arr = node.as_array();
+  if (!arr) throw Error(where + ": expected an array of strings");
+  for (const toml::node& e : *arr) {
+    if (!e.is_string()) throw Error(where + ": expected an array of strings");
+    out.push_back(*e.value<std::string>());
+  }
+  return out;
+}
+
+// The shape rules SPEC.md needs, checked once the sweep is expanded (synthetic shapes are known
+// here; a recording's shapes are checked by the op itself when the case runs).
+void check_case(const ScenarioCase& c) {
+  const std::string op = c.params.value("op", "");
+  const int64_t head_dim = c.params.value("head_dim", int64_t{128});
+  const int64_t heads = c.params.value("heads", int64_t{8});
+  const int64_t g = c.params.value("head_group", int64_t{4});
+  const std::string rotation = c.params.value("rotation", std::string("key_grouped"));
+  const bool synthetic = c.input == "synthetic";
+  const bool grouped = op == "rotate_k" || (op == "rotate_quantize" && rotation == "key_grouped");
+  if (synthetic && grouped && (heads % g != 0 || !power_of_two(g * head_dim)))
+    throw Error(c.where + ": key 'head_group': head_group " + std::to_string(g) +
+                " must divide heads " + std::to_string(heads) + " and head_group * head_dim " +
+                std::to_string(g * head_dim) + " must be a power of two (SPEC.md §2)");
+  if (synthetic && (op == "rotate_v" || (op == "rotate_quantize" && rotation == "per_head")) &&
+      !power_of_two(head_dim))
+    throw Error(c.where + ": key 'head_dim': " + std::to_string(head_dim) +
+                " is not a power of two (SPEC.md §2)");
+  if (op == "attention_decode" && c.params.contains("q_heads") && synthetic &&
+      c.params["q_heads"].get<int64_t>() % heads != 0)
+    throw Error(c.where + ": key 'q_heads': " + std::to_string(c.params["q_heads"].get<int64_t>()) +
+                " is not a multiple of heads " + std::to_string(heads) + " (grouped-query)");
+  if (op == "expert_statistics" &&
+      c.params.value("top_k", int64_t{2}) > c.params.value("experts", int64_t{8}))
+    throw Error(c.where + ": key 'top_k': exceeds experts");
+  if (op == "method" && !c.params.contains("method"))
+    throw Error(c.where + ": key 'method': op = \"method\" needs a method");
+}
+
+// Layers a recording holds for `tensor` (layers.{i}.TENSOR for i = 0, 1, ... while present).
+std::vector<nlohmann::json> recording_layers(const std::string& file, const std::string& tensor,
+                                             const std::string& where) {
+  const SafetensorsFile recording = SafetensorsFile::open(file);
+  std::vector<nlohmann::json> layers;
+  while (recording.has("layers." + std::to_string(layers.size()) + "." + tensor))
+    layers.push_back(static_cast<int64_t>(layers.size()));
+  if (layers.empty())
+    throw Error(where + ": recording '" + file + "' has no tensor 'layers.0." + tensor + "'");
+  return layers;
+}
+
+}  // namespace
+
+Scenario load_scenario(const std::string& path) {
+  toml::table root;
+  try {
+    root = toml::parse_file(path);
+  } catch (const toml::parse_error& e) {
+    throw Error(path + ":" + std::to_string(e.source().begin.line) + ":" +
+                std::to_string(e.source().begin.column) + ": " + std::string(e.description()));
+  }
+  Scenario scenario;
+  scenario.path = path;
+  scenario.name = std::filesystem::path(path).stem().string();
+  const std::filesystem::path folder = std::filesystem::path(path).parent_path();
+  for (const auto& [key, node] : root) {
+    const std::string k(key.str());
+    if (k != "scenario" && k != "case")
+      throw Error(at(path, node, k) + ": unknown top-level key (expected [scenario] or [[case]])");
+  }
+  if (const toml::node* sc = root.get("scenario")) {
+    const toml::table* t = sc->as_table();
+    if (!t) throw Error(at(path, *sc, "scenario") + ": expected a table");
+    for (const auto& [key, node] : *t) {
+      const std::string k(key.str()), where = at(path, node, k);
+      if (k == "backends") {
+        scenario.backends = strings(node, where);
+      } else if (k == "name" || k == "description" || k == "reference") {
+        if (!node.is_string()) throw Error(where + ": expected a string");
+        (k == "name" ? scenario.name : k == "description" ? scenario.description
+                                                          : scenario.reference) =
+            *node.value<std::string>();
+      } else {
+        throw Error(where + ": unknown key in [scenario] (name, description, backends, reference)");
+      }
+    }
+  }
+  const toml::node* case_node = root.get("case");
+  if (!case_node) return scenario;
+  const toml::array* cases = case_node->as_array();
+  if (!cases) throw Error(at(path, *case_node, "case") + ": expected [[case]] tables");
+  std::set<std::string> names;
+  for (const toml::node& cnode : *cases) {
+    const toml::table* table = cnode.as_table();
+    if (!table) throw Error(at(path, cnode, "case") + ": expected a table");
+    // Keys in file order: toml++ iterates them sorted by name.
+    std::vector<std::pair<std::string, const toml::node*>> keys;
+    for (const auto& [key, node] : *table) keys.emplace_back(std::string(key.str()), &node);
+    std::sort(keys.begin(), keys.end(), [](const auto& a, const auto& b) {
+      return a.second->source().begin < b.second->source().begin;
+    });
+    ScenarioCase base;
+    base.where = path + ":" + std::to_string(cnode.source().begin.line);
+    std::string prefix;
+    std::vector<std::pair<std::string, std::vector<nlohmann::json>>> sweeps;
+    for (const auto& [k, node] : keys) {
+      const std::string where = at(path, *node, k);
+      if (!kCaseKeys.count(k)) throw Error(where + ": unknown key in [[case]]");
+      if (k == "backends") {
+        base.backends = strings(*node, where);
+      } else if (k == "name") {
+        if (!node->is_string()) throw Error(where + ": expected a string");
+        prefix = *node->value<std::string>();
+      } else if (k == "input") {
+        if (!node->is_string()) throw Error(where + ": expected a string");
+        base.input = *node->value<std::string>();
+        if (base.input != "synthetic") {
+          const std::filesystem::path file = folder / base.input;
+          if (!std::filesystem::is_regular_file(file))
+            throw Error(where + ": recording '" + file.string() + "' not found");
+          base.input = file.string();
+        }
+      } else if (const toml::array* arr = node->as_array()) {
+        if (arr->empty()) throw Error(where + ": empty sweep");
+        std::vector<nlohmann::json> values;
+        for (const toml::node& e : *arr) values.push_back(scalar(k, e, where));
+        sweeps.emplace_back(k, std::move(values));
+      } else {
+        base.params[k] = scalar(k, *node, where);
+      }
+    }
+    const bool swept_op = std::any_of(sweeps.begin(), sweeps.end(),
+                                      [](const auto& s) { return s.first == "op"; });
+    if (!base.params.contains("op") && !swept_op)
+      throw Error(at(path, cnode, "op") + ": [[case]] needs an op");
+    std::vector<size_t> index(sweeps.size(), 0);
+    while (true) {
+      ScenarioCase c = base;
+      c.name = prefix.empty() ? base.params.value("op", std::string()) : prefix;
+      for (size_t i = 0; i < sweeps.size(); ++i) {
+        c.params[sweeps[i].first] = sweeps[i].second[index[i]];
+        const nlohmann::json& v = sweeps[i].second[index[i]];
+        c.name += "/" + (sweeps[i].first == "op" ? v.get<std::string>() : name_part(sweeps[i].first, v));
+      }
+      if (c.name.front() == '/') c.name.erase(0, 1);  // op swept and no prefix: "quantize/b2"
+      check_case(c);
+      if (!names.insert(c.name).second)
+        throw Error(base.where + ": key 'name': case name '" + c.name +
+                    "' is used twice (give the case a distinct name)");
+      scenario.cases.push_back(std::move(c));
+      size_t i = sweeps.size();
+      while (i > 0 && ++index[i - 1] == sweeps[i - 1].second.size()) index[--i] = 0;
+      if (i == 0) break;
+    }
+  }
+  return scenario;
+}
+
+int64_t case_int(const ScenarioCase& c, const std::string& key, int64_t fallback) {
+  return c.params.contains(key) ? c.params[key].get<int64_t>() : fallback;
+}
+double case_double(const ScenarioCase& c, const std::string& key, double fallback) {
+  return c.params.contains(key) ? c.params[key].get<double>() : fallback;
+}
+bool case_bool(const ScenarioCase& c, const std::string& key, bool fallback) {
+  return c.params.contains(key) ? c.params[key].get<bool>() : fallback;
+}
+std::string case_string(const ScenarioCase& c, const std::string& key,
+                        const std::string& fallback) {
+  return c.params.contains(key) ? c.params[key].get<std::string>() : fallback;
+}
+
+}  // namespace kvq

@@ -1,0 +1,409 @@
+// The AVX-512 and AVX2 backends against the reference backend, bit for bit, for every exact op
+// (SPEC.md §1-§5), on each ISA level this CPU has; levels it lacks are reported, not faked.
+#include <omp.h>
+
+#include <algorithm>
+#include <bit>
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <cstdlib>
+#include <memory>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "backends/avx/avx_backend.h"
+#include "backends/backend.h"
+#include "backends/reference_backend.h"
+#include "reference/error.h"
+#include "reference/half.h"
+#include "verify/compare.h"
+
+namespace kvq {
+namespace {
+
+struct Isa {
+  std::string name;
+  std::unique_ptr<Backend> backend;
+};
+
+// Every AVX level this CPU runs (ignoring KVQ_MAX_ISA); a missing level is printed once.
+std::vector<Isa>& isas() {
+  static std::vector<Isa> list = [] {
+    std::vector<Isa> out;
+    for (const BackendEntry& e : avx_backend_entries()) {
+      if (avx_kernels_for(e.name)) {
+        out.push_back({e.name, e.make()});
+      } else {
+        std::printf("NOTE: %s not tested on this CPU (%s)\n", e.name.c_str(), e.detail.c_str());
+      }
+    }
+    return out;
+  }();
+  return list;
+}
+
+const Backend& ref() {
+  static const std::unique_ptr<Backend> r = make_reference_backend();
+  return *r;
+}
+
+// Synthetic K/V-like data: N(0,1), a few outlier channels (x30), one massive token (x100),
+// exact +0 and -0 in varying order, repeated values (ties at min/max).
+std::vector<float> make_data(int64_t rows, int64_t cols, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> x(static_cast<size_t>(rows * cols));
+  for (int64_t t = 0; t < rows; ++t)
+    for (int64_t c = 0; c < cols; ++c) {
+      float v = normal(rng);
+      if (c % 37 == 5) v *= 30.0f;
+      if (t == 3) v *= 100.0f;
+      const uint32_t r = rng() % 97;
+      if (r == 0) v = 0.0f;
+      if (r == 1) v = -0.0f;
+      if (r == 2) v = 2.5f;  // ties: .5 cases after scaling are likely with repeated values
+      x[static_cast<size_t>(t * cols + c)] = v;
+    }
+  // A row of only zeros (mixed signs) and a constant row exercise s == 0 and the zero-sign rule.
+  if (rows > 5) {
+    for (int64_t c = 0; c < cols; ++c) {
+      x[static_cast<size_t>(5 * cols + c)] = (c % 3 == 0) ? -0.0f : 0.0f;
+      if (rows > 6) x[static_cast<size_t>(6 * cols + c)] = 1.25f;
+    }
+  }
+  return x;
+}
+
+std::vector<int32_t> make_perm(int64_t channels, uint32_t seed) {
+  std::vector<int32_t> p(static_cast<size_t>(channels));
+  std::iota(p.begin(), p.end(), 0);
+  std::mt19937 rng(seed);
+  std::shuffle(p.begin(), p.end(), rng);
+  return p;
+}
+
+void require_same(const Quantized& expected, const Quantized& got, const std::string& what) {
+  const Comparison c = compare_quantized(expected, got);
+  INFO(what << ": first mismatch in " << c.where << " at " << c.first_mismatch << " expected "
+            << c.expected << " got " << c.got);
+  REQUIRE(c.passed());
+}
+
+void require_same(std::span<const float> expected, std::span<const float> got,
+                  const std::string& what) {
+  const Comparison c = compare_bitwise(expected, got);
+  INFO(what << ": first mismatch at " << c.first_mismatch << " expected " << c.expected
+            << " got " << c.got);
+  REQUIRE(c.passed());
+}
+
+struct KvCase {
+  int64_t tokens, heads, head_dim;
+};
+// The brief's shapes: head_dim 64, 128, 256; tokens 1, 7, 128, 4099 (odd tails); the longest
+// only at d = 128 to keep the run short on 2 cores.
+std::vector<KvCase> kv_cases() {
+  std::vector<KvCase> out;
+  for (int64_t d : {64, 128, 256})
+    for (int64_t t : {1, 7, 128, 4099})
+      if (t != 4099 || d == 128) out.push_back({t, 8, d});
+  return out;
+}
+
+std::string describe(const KvCase& k) {
+  return "T" + std::to_string(k.tokens) + " H" + std::to_string(k.heads) + " d" +
+         std::to_string(k.head_dim);
+}
+
+TEST_CASE("avx: fp16 narrowing equals reference/half.h for every fp32 bit pattern") {
+  for (const Isa& isa : isas()) {
+    const avx::Kernels* k = avx_kernels_for(isa.name);
+    REQUIRE(k);
+    int64_t mismatches = 0;
+    uint32_t first = 0;
+#pragma omp parallel for schedule(static) reduction(+ : mismatches)
+    for (int64_t hi = 0; hi < 65536; ++hi) {
+      for (uint32_t lo = 0; lo < 65536; ++lo) {
+        const uint32_t bits = static_cast<uint32_t>(hi) << 16 | lo;
+        const float f = std::bit_cast<float>(bits);
+        const uint16_t a = float_to_half(f), b = k->to_half(f);
+        // NaN payloads: both must be NaN with the same sign; F16C keeps the quiet payload as
+        // half.h does, so compare bits outright.
+        if (a != b) {
+          ++mismatches;
+#pragma omp critical
+          if (first == 0) first = bits;
+        }
+      }
+    }
+    INFO(isa.name << ": first mismatching fp32 bits 0x" << std::hex << first);
+    REQUIRE(mismatches == 0);
+  }
+}
+
+TEST_CASE("avx: fp16 widening equals reference/half.h for all 65536 halves") {
+  for (const Isa& isa : isas()) {
+    const avx::Kernels* k = avx_kernels_for(isa.name);
+    for (uint32_t h = 0; h < 65536; ++h) {
+      const float a = half_to_float(static_cast<uint16_t>(h));
+      const float b = k->from_half(static_cast<uint16_t>(h));
+      INFO(isa.name << " half 0x" << std::hex << h);
+      // F16C quiets a signaling NaN (sets bit 22) where half.h keeps it; NaN never reaches a
+      // result (inputs are checked, stored scales are finite), so NaN compares up to that bit.
+      const bool nan = (h & 0x7C00u) == 0x7C00u && (h & 0x3FFu) != 0;
+      const uint32_t quiet = nan ? 0x00400000u : 0u;
+      REQUIRE((std::bit_cast<uint32_t>(a) | quiet) == (std::bit_cast<uint32_t>(b) | quiet));
+    }
+  }
+}
+
+TEST_CASE("avx: fwht equals the reference bitwise for n = 2 .. 32768 and odd block counts") {
+  for (int n = 2; n <= 32768; n *= 2) {
+    const int64_t blocks = n <= 4096 ? 7 : 1;
+    const std::vector<float> x = make_data(blocks, n, static_cast<uint32_t>(n));
+    std::vector<float> expected = x;
+    ref().fwht(expected, n);
+    for (const Isa& isa : isas()) {
+      std::vector<float> got = x;
+      isa.backend->fwht(got, n);
+      require_same(expected, got, isa.name + " fwht n=" + std::to_string(n));
+    }
+  }
+}
+
+TEST_CASE("avx: reorder, rotate_k and rotate_v equal the reference bitwise") {
+  for (const KvCase& kc : kv_cases()) {
+    const KvShape shape{kc.tokens, kc.heads, kc.head_dim};
+    const std::vector<float> x = make_data(kc.tokens, shape.channels(), 11);
+    RotationParams with_perm;
+    with_perm.perm = make_perm(shape.channels(), 5);
+    const RotationParams no_perm;
+    const auto rk = ref().rotate_k(x, shape, with_perm);
+    const auto rk0 = ref().rotate_k(x, shape, no_perm);
+    const auto rv = ref().rotate_v(x, shape);
+    const auto ro = ref().reorder(x, kc.tokens, with_perm.perm);
+    for (const Isa& isa : isas()) {
+      const std::string what = isa.name + " " + describe(kc);
+      require_same(rk, isa.backend->rotate_k(x, shape, with_perm), what + " rotate_k+perm");
+      require_same(rk0, isa.backend->rotate_k(x, shape, no_perm), what + " rotate_k");
+      require_same(rv, isa.backend->rotate_v(x, shape), what + " rotate_v");
+      require_same(ro, isa.backend->reorder(x, kc.tokens, with_perm.perm), what + " reorder");
+    }
+  }
+}
+
+TEST_CASE("avx: quantize and dequantize equal the reference for b in {1,2,3,4,8}, both axes") {
+  for (const KvCase& kc : kv_cases()) {
+    const int64_t cols = kc.heads * kc.head_dim;
+    const std::vector<float> x = make_data(kc.tokens, cols, 7);
+    for (int bits : {1, 2, 3, 4, 8})
+      for (Axis axis : {Axis::Token, Axis::Channel})
+        for (ZeroPoint zp : {ZeroPoint::Float, ZeroPoint::Int}) {
+          if (kc.tokens == 4099 && zp == ZeroPoint::Int && bits != 2) continue;  // time
+          QuantParams p;
+          p.bits = bits;
+          p.axis = axis;
+          p.zero_point = zp;
+          p.clip = bits == 2 ? 0.8f : 1.0f;
+          p.group = 128;
+          const Quantized expected = ref().quantize(x, kc.tokens, cols, p);
+          const std::vector<float> deq = ref().dequantize(expected);
+          for (const Isa& isa : isas()) {
+            const std::string what = isa.name + " " + describe(kc) + " b" + std::to_string(bits) +
+                                     (axis == Axis::Token ? " token" : " channel") +
+                                     (zp == ZeroPoint::Float ? " float" : " int");
+            const Quantized got = isa.backend->quantize(x, kc.tokens, cols, p);
+            require_same(expected, got, what);
+            require_same(deq, isa.backend->dequantize(expected), what + " dequantize");
+          }
+        }
+  }
+}
+
+TEST_CASE("avx: quantize with group sizes that leave tails (G = 48, 7, G > axis)") {
+  const int64_t rows = 131, cols = 200;
+  const std::vector<float> x = make_data(rows, cols, 3);
+  for (int64_t g : {48, 7, 1000})
+    for (int bits : {1, 2, 3, 4, 8})
+      for (Axis axis : {Axis::Token, Axis::Channel}) {
+        QuantParams p;
+        p.bits = bits;
+        p.axis = axis;
+        p.group = g;
+        const Quantized expected = ref().quantize(x, rows, cols, p);
+        for (const Isa& isa : isas()) {
+          const std::string what = isa.name + " G" + std::to_string(g) + " b" +
+                                   std::to_string(bits) + (axis == Axis::Token ? " token" : " chan");
+          require_same(expected, isa.backend->quantize(x, rows, cols, p), what);
+          require_same(ref().dequantize(expected), isa.backend->dequantize(expected),
+                       what + " dequantize");
+        }
+      }
+}
+
+TEST_CASE("avx: min/max ties between +0 and -0 keep the first zero's sign, as the reference") {
+  // Groups of zeros only, in both sign orders: scale16 and zero16 carry the sign of the first.
+  for (const Isa& isa : isas())
+    for (float first : {0.0f, -0.0f}) {
+      std::vector<float> x(64, -first);
+      x[0] = first;
+      for (Axis axis : {Axis::Token, Axis::Channel}) {
+        QuantParams p;
+        p.axis = axis;
+        p.group = 64;
+        const int64_t rows = axis == Axis::Token ? 1 : 64;
+        const int64_t cols = axis == Axis::Token ? 64 : 1;
+        const Quantized expected = ref().quantize(x, rows, cols, p);
+        const Quantized got = isa.backend->quantize(x, rows, cols, p);
+        REQUIRE(got.zero == expected.zero);
+        REQUIRE(got.scale == expected.scale);
+        REQUIRE(expected.zero[0] == (std::signbit(first) ? 0x8000 : 0x0000));
+      }
+    }
+}
+
+TEST_CASE("avx: fused rotate_quantize equals reference_rotate_quantize (F16, F32, BF16 input)") {
+  for (const KvCase& kc : kv_cases()) {
+    const KvShape shape{kc.tokens, kc.heads, kc.head_dim};
+    const std::vector<float> x = make_data(kc.tokens, shape.channels(), 21);
+    Tensor f32 = Tensor::from_f32(x, {kc.tokens, kc.heads, kc.head_dim});
+    Tensor f16(DType::F16, {kc.tokens, kc.heads, kc.head_dim});
+    Tensor bf16(DType::BF16, {kc.tokens, kc.heads, kc.head_dim});
+    for (size_t i = 0; i < x.size(); ++i) {
+      f16.data<uint16_t>()[i] = float_to_half(x[i] / 1024.0f);  // keep fp16 finite
+      bf16.data<uint16_t>()[i] = float_to_bf16(x[i]);
+    }
+    for (AppendRotation rotation :
+         {AppendRotation::None, AppendRotation::KeyGrouped, AppendRotation::PerHead})
+      for (int bits : {1, 2, 3, 4, 8})
+        for (Axis axis : {Axis::Token, Axis::Channel}) {
+          if (kc.tokens == 4099 && bits != 2 && bits != 3) continue;  // time on 2 cores
+          RotateQuantizeParams p;
+          p.rotation = rotation;
+          p.rotation_params.perm = make_perm(shape.channels(), 9);
+          p.quant.bits = bits;
+          p.quant.axis = axis;
+          p.quant.clip = bits == 2 ? 0.8f : 1.0f;
+          for (const Tensor* t : {&f16, &f32, &bf16}) {
+            if (t == &bf16 && bits != 4) continue;
+            const Quantized expected = reference_rotate_quantize(t->view(), shape, p);
+            for (const Isa& isa : isas()) {
+              const std::string what = isa.name + " " + describe(kc) + " rot" +
+                                       std::to_string(static_cast<int>(rotation)) + " b" +
+                                       std::to_string(bits) +
+                                       (axis == Axis::Token ? " token " : " channel ") +
+                                       dtype_name(t->dtype);
+              require_same(expected, isa.backend->rotate_quantize(t->view(), shape, p), what);
+            }
+          }
+        }
+  }
+}
+
+TEST_CASE("avx: results do not depend on the OpenMP thread count (1 vs 2)") {
+  const KvShape shape{4099, 8, 128};
+  const std::vector<float> x = make_data(shape.tokens, shape.channels(), 31);
+  const Tensor t = Tensor::from_f32(x, {shape.tokens, shape.heads, shape.head_dim});
+  RotateQuantizeParams p;
+  p.rotation_params.perm = make_perm(shape.channels(), 2);
+  for (const Isa& isa : isas())
+    for (Axis axis : {Axis::Token, Axis::Channel}) {
+      p.quant.axis = axis;
+      omp_set_num_threads(1);
+      const Quantized one = isa.backend->rotate_quantize(t.view(), shape, p);
+      const TokenAbsmax a1 = isa.backend->token_absmax(x, shape.tokens, shape.channels());
+      omp_set_num_threads(2);
+      const Quantized two = isa.backend->rotate_quantize(t.view(), shape, p);
+      const TokenAbsmax a2 = isa.backend->token_absmax(x, shape.tokens, shape.channels());
+      require_same(one, two, isa.name + " threads 1 vs 2");
+      REQUIRE(a1.argmax == a2.argmax);
+    }
+}
+
+TEST_CASE("avx: token_absmax equals the reference (values and lowest argmax on ties)") {
+  for (int64_t hidden : {1, 7, 64, 257, 4096}) {
+    std::vector<float> h = make_data(129, hidden, 4);
+    for (int64_t t = 0; t < 129; t += 9) h[static_cast<size_t>(t * hidden + hidden - 1)] = -1e4f;
+    for (int64_t t = 1; t < 129; t += 9) h[static_cast<size_t>(t * hidden)] = 1e4f;  // ties
+    const TokenAbsmax e = ref().token_absmax(h, 129, hidden);
+    for (const Isa& isa : isas()) {
+      const TokenAbsmax g = isa.backend->token_absmax(h, 129, hidden);
+      require_same(e.absmax, g.absmax, isa.name + " absmax hidden " + std::to_string(hidden));
+      REQUIRE(g.argmax == e.argmax);
+    }
+  }
+}
+
+TEST_CASE("avx: expert_statistics equals the reference, ties keep the first token") {
+  const int64_t tokens = 10000, top_k = 2, experts = 16;
+  std::mt19937 rng(8);
+  std::vector<int32_t> ids(tokens * top_k), arg(tokens * top_k);
+  std::vector<float> m(tokens * top_k);
+  for (size_t i = 0; i < ids.size(); ++i) {
+    ids[i] = static_cast<int32_t>(rng() % (experts - 1));  // expert 15 is never routed
+    m[i] = static_cast<float>(rng() % 50);                  // many ties
+    arg[i] = static_cast<int32_t>(rng() % 512);
+  }
+  const auto e = ref().expert_statistics(ids, m, arg, tokens, top_k, experts);
+  for (const Isa& isa : isas()) {
+    const auto g = isa.backend->expert_statistics(ids, m, arg, tokens, top_k, experts);
+    REQUIRE(g.size() == e.size());
+    for (size_t i = 0; i < e.size(); ++i) {
+      INFO(isa.name << " expert " << i);
+      REQUIRE(std::bit_cast<uint32_t>(g[i].max_abs) == std::bit_cast<uint32_t>(e[i].max_abs));
+      REQUIRE(g[i].token == e[i].token);
+      REQUIRE(g[i].channel == e[i].channel);
+    }
+  }
+}
+
+TEST_CASE("avx: non-finite input and fp16 overflow fail with the reference's error") {
+  std::vector<float> x = make_data(16, 256, 1);
+  x[1000] = std::numeric_limits<float>::infinity();
+  std::vector<float> big(256, 0.0f);
+  big[3] = 1e30f;  // (hi - lo) / 3 overflows fp16
+  QuantParams p;
+  for (const Isa& isa : isas()) {
+    REQUIRE_THROWS_WITH(isa.backend->quantize(x, 16, 256, p), "x: non-finite value inf at index 1000");
+    std::string expected;
+    try {
+      ref().quantize(big, 1, 256, p);
+    } catch (const Error& e) {
+      expected = e.what();
+    }
+    REQUIRE_THROWS_WITH(isa.backend->quantize(big, 1, 256, p), expected);
+    const Tensor t = Tensor::from_f32(x, {16, 2, 128});
+    RotateQuantizeParams rp;
+    rp.rotation_params.head_group = 2;
+    REQUIRE_THROWS_WITH(isa.backend->rotate_quantize(t.view(), {16, 2, 128}, rp),
+                        "rotate_quantize input: non-finite value inf at index 1000");
+  }
+}
+
+TEST_CASE("avx: attention_decode is reported unsupported, never computed by another backend") {
+  for (const Isa& isa : isas()) {
+    REQUIRE_FALSE(isa.backend->supports(Op::AttentionDecode));
+    REQUIRE(isa.backend->supports(Op::RotateQuantize));
+    REQUIRE_THROWS_AS(isa.backend->attention_decode({}, 1, DecodeCache{}), Error);
+  }
+}
+
+TEST_CASE("avx: KVQ_MAX_ISA=avx2 makes avx512 unavailable with the reason") {
+  setenv("KVQ_MAX_ISA", "avx2", 1);
+  const std::vector<BackendEntry> entries = avx_backend_entries();
+  unsetenv("KVQ_MAX_ISA");
+  REQUIRE(entries.size() == 2);
+  REQUIRE(entries[0].name == "avx512");
+  REQUIRE_FALSE(entries[0].available);
+  if (avx_kernels_for("avx512")) {
+    REQUIRE(entries[0].detail.find("capped by KVQ_MAX_ISA") != std::string::npos);
+  } else {
+    REQUIRE(entries[0].detail.find("missing:") != std::string::npos);
+  }
+  REQUIRE(entries[1].available == (avx_kernels_for("avx2") != nullptr));
+}
+
+}  // namespace
+}  // namespace kvq
