@@ -34,21 +34,36 @@ BenchSpec make_spec(const nlohmann::json& p, const std::string& at) {
   s.op = p.at("op").get<std::string>();
   for (const auto& [key, v] : p.items()) {
     const std::string k = at + " key '" + key + "'";
-    if (key == "tokens") s.tokens = as_int(v, k);
-    else if (key == "heads") s.heads = as_int(v, k);
-    else if (key == "head_dim") s.head_dim = as_int(v, k);
-    else if (key == "n") s.n = as_int(v, k);
-    else if (key == "hidden") s.hidden = as_int(v, k);
-    else if (key == "experts") s.experts = as_int(v, k);
-    else if (key == "top_k") s.top_k = as_int(v, k);
-    else if (key == "q_heads") s.q_heads = as_int(v, k);
-    else if (key == "seed") s.seed = static_cast<uint32_t>(as_int(v, k));
-    else if (key == "repetitions") s.repetitions = static_cast<int>(as_int(v, k));
-    else if (key == "bits") s.quant.bits = static_cast<int>(as_int(v, k));
-    else if (key == "group") s.quant.group = as_int(v, k);
-    else if (key == "head_group") s.head_group = static_cast<int>(as_int(v, k));
-    else if (key == "clip") s.quant.clip = v.get<float>();
-    else if (key == "reorder") s.reorder = v.get<bool>();
+    if (key == "tokens")
+      s.tokens = as_int(v, k);
+    else if (key == "heads")
+      s.heads = as_int(v, k);
+    else if (key == "head_dim")
+      s.head_dim = as_int(v, k);
+    else if (key == "n")
+      s.n = as_int(v, k);
+    else if (key == "hidden")
+      s.hidden = as_int(v, k);
+    else if (key == "experts")
+      s.experts = as_int(v, k);
+    else if (key == "top_k")
+      s.top_k = as_int(v, k);
+    else if (key == "q_heads")
+      s.q_heads = as_int(v, k);
+    else if (key == "seed")
+      s.seed = static_cast<uint32_t>(as_int(v, k));
+    else if (key == "repetitions")
+      s.repetitions = static_cast<int>(as_int(v, k));
+    else if (key == "bits")
+      s.quant.bits = static_cast<int>(as_int(v, k));
+    else if (key == "group")
+      s.quant.group = as_int(v, k);
+    else if (key == "head_group")
+      s.head_group = static_cast<int>(as_int(v, k));
+    else if (key == "clip")
+      s.quant.clip = v.get<float>();
+    else if (key == "reorder")
+      s.reorder = v.get<bool>();
     else if (key == "axis") {
       const std::string a = v.get<std::string>();
       if (a != "token" && a != "channel") throw Error(k + ": axis must be token or channel");
@@ -63,10 +78,14 @@ BenchSpec make_spec(const nlohmann::json& p, const std::string& at) {
       s.dtype = d == "f32" ? DType::F32 : d == "f16" ? DType::F16 : DType::BF16;
     } else if (key == "rotation") {
       const std::string r = v.get<std::string>();
-      if (r == "none") s.rotation = AppendRotation::None;
-      else if (r == "key_grouped") s.rotation = AppendRotation::KeyGrouped;
-      else if (r == "per_head") s.rotation = AppendRotation::PerHead;
-      else throw Error(k + ": rotation must be none|key_grouped|per_head");
+      if (r == "none")
+        s.rotation = AppendRotation::None;
+      else if (r == "key_grouped")
+        s.rotation = AppendRotation::KeyGrouped;
+      else if (r == "per_head")
+        s.rotation = AppendRotation::PerHead;
+      else
+        throw Error(k + ": rotation must be none|key_grouped|per_head");
     }
   }
   s.params_json = p.dump();

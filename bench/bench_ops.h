@@ -25,7 +25,7 @@ struct BenchSpec {
   int head_group = 4;
   bool reorder = true;
   uint32_t seed = 1;
-  int repetitions = 3;               // kvq bench: repetitions of each measurement
+  int repetitions = 3;                // kvq bench: repetitions of each measurement
   std::vector<std::string> backends;  // empty: every available backend
   std::string params_json;            // the expanded parameters, for the store
 };

@@ -45,8 +45,8 @@ void SqliteReporter::ReportRuns(const std::vector<Run>& runs) {
       continue;
     }
     if (run.iterations <= 0) continue;
-    samples_[run.run_name.function_name].seconds.push_back(
-        run.real_accumulated_time / static_cast<double>(run.iterations));
+    samples_[run.run_name.function_name].seconds.push_back(run.real_accumulated_time /
+                                                           static_cast<double>(run.iterations));
   }
 }
 
@@ -90,8 +90,8 @@ void SqliteReporter::Finalize() {
         record.op = e.op;
         record.params_json = e.params_json;
       }
-      std::printf("%-52s %-8s %10.4g s %9.3g %9.3f %9s\n", name.c_str(), e.backend.c_str(), t,
-                  gbps, frac,
+      std::printf("%-52s %-8s %10.4g s %9.3g %9.3f %9s\n", name.c_str(), e.backend.c_str(), t, gbps,
+                  frac,
                   ref_time > 0.0 && e.backend != "memcpy"
                       ? std::to_string(ref_time / t).substr(0, 6).c_str()
                       : "");

@@ -44,8 +44,8 @@ int cmd_apply(int argc, char** argv) {
     }
     po::notify(vm);
   } catch (const po::error& e) {
-    std::fprintf(stderr, "kvq apply: %s\n", e.what());
-    std::cerr << options << "\n";
+    // One line on stderr, like every other bad input (STYLE.md rule 5); the options: --help.
+    std::fprintf(stderr, "kvq apply: %s (kvq apply --help)\n", e.what());
     return 2;
   }
   try {

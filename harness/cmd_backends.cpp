@@ -9,8 +9,9 @@ namespace kvq {
 
 int cmd_backends(int argc, char** argv) {
   if (argc > 1 && (!std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h"))) {
-    std::printf("kvq backends: lists every backend compiled in, whether it can run on this\n"
-                "machine (CPU features, GPU present) and why not when it cannot.\n");
+    std::printf(
+        "kvq backends: lists every backend compiled in, whether it can run on this\n"
+        "machine (CPU features, GPU present) and why not when it cannot.\n");
     return 0;
   }
   std::printf("%-8s %-10s %s\n", "backend", "available", "detail");

@@ -40,8 +40,8 @@ int cmd_bench(int argc, char** argv) {
   std::string scenario, db = "results/kvq.db";
   std::vector<std::string> backends;
   BenchOptions bench;
-  options.add_options()("help,h", "this help")(
-      "db", po::value(&db)->default_value(db), "results database (SQLite)")(
+  options.add_options()("help,h", "this help")("db", po::value(&db)->default_value(db),
+                                               "results database (SQLite)")(
       "backends", po::value(&backends)->multitoken(),
       "backends to measure (comma or space separated; default: the scenario's)")(
       "filter", po::value(&bench.filter), "regex on 'case/backend'")(
@@ -93,8 +93,7 @@ int cmd_bench(int argc, char** argv) {
   std::string repro = "kvq bench " + scenario;
   if (!bench.backends.empty()) {
     repro += " --backends ";
-    for (size_t i = 0; i < bench.backends.size(); ++i)
-      repro += (i ? "," : "") + bench.backends[i];
+    for (size_t i = 0; i < bench.backends.size(); ++i) repro += (i ? "," : "") + bench.backends[i];
   }
   SqliteReporter reporter(entries, store, run_id, repro);
   int bm_argc = 1;

@@ -15,6 +15,22 @@ namespace {
 
 namespace po = boost::program_options;
 
+// "i/n" with 0 <= i < n, both plain decimal numbers.
+void parse_shard(const std::string& text, RunOptions& run) {
+  const size_t slash = text.find('/');
+  const auto number = [&](const std::string& part, int64_t* out) {
+    if (part.empty() || part.size() > 9 ||
+        part.find_first_not_of("0123456789") != std::string::npos)
+      return false;
+    *out = std::stoll(part);
+    return true;
+  };
+  if (slash == std::string::npos || !number(text.substr(0, slash), &run.shard_index) ||
+      !number(text.substr(slash + 1), &run.shard_count) || run.shard_count < 1 ||
+      run.shard_index >= run.shard_count)
+    throw Error("--shard '" + text + "': expected i/n with 0 <= i < n, e.g. 0/4");
+}
+
 int run_or_gate(int argc, char** argv, bool gate) {
   const std::string sub = gate ? "gate" : "run";
   po::options_description options("kvq " + sub + " SCENARIO.toml [options]\n\n" +
@@ -26,13 +42,17 @@ int run_or_gate(int argc, char** argv, bool gate) {
                                           "or against the fp64 oracle), prints a table and "
                                           "writes SQLite.\n") +
                                   "Scenario keys: docs/scenario-format.md.\n\nOptions");
-  std::string scenario_path, backends;
+  std::string scenario_path, backends, shard;
   RunOptions run;
-  options.add_options()("help,h", "this help")(
-      "db", po::value(&run.db)->default_value(run.db), "results database (SQLite, WAL)")(
-      "backends", po::value(&backends), "comma-separated backends, e.g. ref,avx512 (default: "
-                                        "the scenario's, else every available one)")(
-      "filter", po::value(&run.filter), "regex on case names, e.g. '^quantize/'");
+  options.add_options()("help,h", "this help")("db", po::value(&run.db)->default_value(run.db),
+                                               "results database (SQLite, WAL)")(
+      "backends", po::value(&backends),
+      "comma-separated backends, e.g. ref,avx512 (default: "
+      "the scenario's, else every available one)")("filter", po::value(&run.filter),
+                                                   "regex on case names, e.g. '^quantize/'")(
+      "list", "print the expanded case names (after --shard and --filter) and exit")(
+      "shard", po::value(&shard),
+      "i/n: only the cases whose index is i mod n (e.g. a Slurm array task; kvq merge)");
   po::options_description hidden;
   hidden.add_options()("scenario", po::value(&scenario_path));
   po::positional_options_description positional;
@@ -54,27 +74,44 @@ int run_or_gate(int argc, char** argv, bool gate) {
   std::stringstream list(backends);
   for (std::string b; std::getline(list, b, ',');)
     if (!b.empty()) run.backends.push_back(b);
+  if (!shard.empty()) parse_shard(shard, run);
   run.command = "kvq";
   for (int i = 0; i < argc; ++i) run.command += std::string(" ") + argv[i];
 
   const Scenario scenario = load_scenario(scenario_path);
-  const RunSummary summary = run_scenario(scenario, run);
-  std::printf("\n%d cases: %d checks passed, %d failed, %d skipped, %d measured -> %s\n",
-              summary.cases, summary.passed, summary.failed, summary.skipped, summary.measured,
-              run.db.c_str());
-  if (!summary.failures.empty()) {
-    std::printf("\nFailing checks:\n");
-    for (const Failure& f : summary.failures)
-      std::printf("  %s [%s]: first mismatch at %lld (%s), got %s\n    repro: %s\n",
-                  f.case_name.c_str(), f.backend.c_str(), static_cast<long long>(f.first_mismatch),
-                  f.expected.c_str(), f.got.c_str(), f.repro.c_str());
+  if (vm.count("list")) {
+    for (const ScenarioCase* c : select_cases(scenario, run)) std::printf("%s\n", c->name.c_str());
+    return 0;
   }
+  const RunSummary summary = run_scenario(scenario, run);
+  std::printf("\n%d cases: %d checks passed, %d failed, %d skipped, %d measured (run %lld in %s)\n",
+              summary.cases, summary.passed, summary.failed, summary.skipped, summary.measured,
+              static_cast<long long>(summary.run_id), run.db.c_str());
+  if (!summary.failures.empty()) {
+    std::printf("\nFailing checks (%zu):\n", summary.failures.size());
+    for (const Failure& f : summary.failures) {
+      if (f.where == "error") {
+        std::printf("  %s [%s]: error: %s\n", f.case_name.c_str(), f.backend.c_str(),
+                    f.got.c_str());
+      } else {
+        std::printf("  %s [%s]: first mismatch at %s[%lld]: expected %s, got %s\n",
+                    f.case_name.c_str(), f.backend.c_str(), f.where.c_str(),
+                    static_cast<long long>(f.first_mismatch), f.expected.c_str(), f.got.c_str());
+      }
+      std::printf("    repro: %s\n", f.repro.c_str());
+    }
+  }
+  std::fflush(stdout);
   return gate && summary.failed ? 1 : 0;
 }
 
 }  // namespace
 
-int cmd_run(int argc, char** argv) { return run_or_gate(argc, argv, false); }
-int cmd_gate(int argc, char** argv) { return run_or_gate(argc, argv, true); }
+int cmd_run(int argc, char** argv) {
+  return run_or_gate(argc, argv, false);
+}
+int cmd_gate(int argc, char** argv) {
+  return run_or_gate(argc, argv, true);
+}
 
 }  // namespace kvq

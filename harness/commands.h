@@ -14,5 +14,8 @@ int cmd_bench(int argc, char** argv);
 int cmd_synth(int argc, char** argv);
 int cmd_record(int argc, char** argv);
 int cmd_ppl(int argc, char** argv);
+int cmd_merge(int argc, char** argv);
+int cmd_sinks(int argc, char** argv);
+int cmd_experts(int argc, char** argv);
 
 }  // namespace kvq

@@ -12,7 +12,9 @@ uint64_t SplitMix64::next() {
   return z ^ (z >> 31);
 }
 
-double SplitMix64::uniform() { return static_cast<double>(next() >> 11) * 0x1p-53; }
+double SplitMix64::uniform() {
+  return static_cast<double>(next() >> 11) * 0x1p-53;
+}
 
 double SplitMix64::normal() {
   if (has_spare_) {

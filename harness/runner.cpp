@@ -1,5 +1,8 @@
 #include "harness/runner.h"
 
+#include <unistd.h>
+
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -8,7 +11,6 @@
 #include <optional>
 #include <regex>
 
-#include "backends/backend.h"
 #include "harness/op_inputs.h"
 #include "harness/safetensors.h"
 #include "harness/store.h"
@@ -25,9 +27,28 @@ namespace {
 
 // One case's input, synthetic or read from a recording.
 struct CaseInput {
-  KvShape shape;             // [T, H, d]; 2-D tensors are [T, 1, D]
-  std::vector<float> x;      // [T, H * d]
-  std::vector<uint16_t> x16; // fp16 copy when dtype = f16 (rotate_quantize)
+  KvShape shape;              // [T, H, d]; 2-D tensors are [T, 1, D]
+  std::vector<float> x;       // [T, H * d], fp32 (exactly widened)
+  std::vector<uint16_t> x16;  // fp16 bits of the same values when the input is fp16
+};
+
+// Everything a case's op needs besides the input, built once per case and shared by every
+// backend, so a backend's timing covers its op call only.
+struct Prepared {
+  Op op = Op::Fwht;
+  CaseInput in;
+  int fwht_n = 0;
+  QuantParams quant;
+  RotationParams rotation;  // rotate_k; rotate_quantize key_grouped
+  RotateQuantizeParams rq;
+  std::vector<int32_t> perm;         // reorder
+  Quantized quantized;               // dequantize: the reference's quantization of the input
+  std::vector<int32_t> ids, argmax;  // expert_statistics: routing [T, top_k]
+  std::vector<float> absmax;
+  int64_t experts = 8, top_k = 2;
+  std::vector<float> query;  // attention_decode: [q_heads, d]
+  int64_t q_heads = 0;
+  DecodeCache cache;
 };
 
 // What one backend produced for a case; which fields are set depends on the op.
@@ -54,25 +75,30 @@ QuantParams quant_params(const ScenarioCase& c) {
   return p;
 }
 
-CaseInput make_input(const ScenarioCase& c) {
+std::string layer_tensor(const ScenarioCase& c, const std::string& tensor) {
+  return "layers." + std::to_string(case_int(c, "layers", 0)) + "." + tensor;
+}
+
+CaseInput make_input(const ScenarioCase& c, Op op) {
   CaseInput in;
   if (c.input == "synthetic") {
-    const std::string op = case_string(c, "op", "");
     in.shape.tokens = case_int(c, "tokens", 128);
-    in.shape.heads = op == "fwht" ? 1 : op == "token_absmax" ? 1 : case_int(c, "heads", 8);
-    in.shape.head_dim = op == "fwht"           ? case_int(c, "n", 128)
-                        : op == "token_absmax" ? case_int(c, "hidden", 256)
-                                               : case_int(c, "head_dim", 128);
+    in.shape.heads = op == Op::Fwht || op == Op::TokenAbsmax ? 1 : case_int(c, "heads", 8);
+    in.shape.head_dim = op == Op::Fwht          ? case_int(c, "n", 128)
+                        : op == Op::TokenAbsmax ? case_int(c, "hidden", 256)
+                                                : case_int(c, "head_dim", 128);
     in.x = kv_with_outliers(in.shape.tokens, in.shape.heads, in.shape.head_dim,
                             static_cast<uint64_t>(case_int(c, "seed", 1)),
-                            case_int(c, "outlier_channels", op == "fwht" ? 0 : 4),
+                            case_int(c, "outlier_channels", op == Op::Fwht ? 0 : 4),
                             case_double(c, "outlier_scale", 30.0));
-    if (op == "token_absmax" && in.shape.tokens > 2)  // a planted massive activation
-      in.x[static_cast<size_t>(in.shape.head_dim + 3)] = 2000.0f;
+    // A planted massive activation (SPEC.md §4: ~1000x the typical magnitude) at a
+    // non-initial token, so the absmax and argmax paths see a clear winner.
+    if (op == Op::TokenAbsmax && in.shape.tokens > 2)
+      in.x[static_cast<size_t>(in.shape.head_dim + std::min<int64_t>(3, in.shape.head_dim - 1))] =
+          2000.0f;  // token 1
   } else {
     const SafetensorsFile file = SafetensorsFile::open(c.input);
-    const std::string name = "layers." + std::to_string(case_int(c, "layers", 0)) + "." +
-                             case_string(c, "tensor", "k");
+    const std::string name = layer_tensor(c, case_tensor(c));
     const TensorView view = file.view(name);
     if (view.shape.size() == 3) {
       in.shape = {view.shape[0], view.shape[1], view.shape[2]};
@@ -83,8 +109,12 @@ CaseInput make_input(const ScenarioCase& c) {
                   shape_string(view.shape));
     }
     in.x = file.read_f32(name);
+    if (view.dtype == DType::F16) {  // the fused path reads fp16 as an engine stores it
+      const auto* bits = static_cast<const uint16_t*>(view.data);
+      in.x16.assign(bits, bits + view.numel());
+    }
   }
-  if (case_string(c, "dtype", "f32") == "f16") {
+  if (case_string(c, "dtype", "f32") == "f16" && in.x16.empty()) {
     in.x16.resize(in.x.size());
     for (size_t i = 0; i < in.x.size(); ++i) {
       in.x16[i] = float_to_half(in.x[i]);
@@ -98,9 +128,11 @@ RotationParams rotation_params(const ScenarioCase& c, const CaseInput& in) {
   RotationParams p;
   p.head_group = static_cast<int>(case_int(c, "head_group", 4));
   if (case_bool(c, "reorder", true)) {
-    // SPEC.md §2: calibrate on the first half of the tokens (at least one).
+    // SPEC.md §2: the permutation is calibrated on the first half of the tokens (at least one)
+    // of this same input, then applied to all of them.
     const int64_t calib = std::max<int64_t>(1, in.shape.tokens / 2);
-    const std::span<const float> head(in.x.data(), static_cast<size_t>(calib * in.shape.channels()));
+    const std::span<const float> head(in.x.data(),
+                                      static_cast<size_t>(calib * in.shape.channels()));
     const KvShape calib_shape{calib, in.shape.heads, in.shape.head_dim};
     p.perm = calibrate_permutation(rotate_k(head, calib_shape, RotationParams{p.head_group, {}}),
                                    calib, in.shape.channels());
@@ -108,80 +140,144 @@ RotationParams rotation_params(const ScenarioCase& c, const CaseInput& in) {
   return p;
 }
 
-// Synthetic MoE routing for expert_statistics.
-struct Routing {
-  std::vector<int32_t> ids, argmax;
-  std::vector<float> absmax;
-  int64_t experts = 8, top_k = 2;
-};
-Routing make_routing(const ScenarioCase& c, int64_t tokens) {
-  Routing r;
-  r.experts = case_int(c, "experts", 8);
-  r.top_k = std::min(case_int(c, "top_k", 2), r.experts);
+// Synthetic MoE routing: each token routes to top_k consecutive experts from a random first one;
+// expert 1 is planted as a Super Expert (outputs ~50x the others, SPEC.md §5).
+void synthetic_routing(const ScenarioCase& c, Prepared& p) {
+  p.experts = case_int(c, "experts", 8);
+  p.top_k = std::min(case_int(c, "top_k", 2), p.experts);
   SplitMix64 rng(static_cast<uint64_t>(case_int(c, "seed", 1)));
-  for (int64_t t = 0; t < tokens; ++t) {
-    const int64_t first = static_cast<int64_t>(rng.next() % r.experts);
-    for (int64_t k = 0; k < r.top_k; ++k) {
-      r.ids.push_back(static_cast<int32_t>((first + k) % r.experts));
-      r.absmax.push_back(static_cast<float>(std::fabs(rng.normal()) * (first == 1 ? 50 : 1)));
-      r.argmax.push_back(static_cast<int32_t>(rng.next() % 256));
+  for (int64_t t = 0; t < p.in.shape.tokens; ++t) {
+    const int64_t first = static_cast<int64_t>(rng.next() % static_cast<uint64_t>(p.experts));
+    for (int64_t k = 0; k < p.top_k; ++k) {
+      const int64_t e = (first + k) % p.experts;
+      p.ids.push_back(static_cast<int32_t>(e));
+      p.absmax.push_back(static_cast<float>(std::fabs(rng.normal()) * (e == 1 ? 50.0 : 1.0)));
+      p.argmax.push_back(static_cast<int32_t>(rng.next() % 256));
     }
   }
-  return r;
 }
 
-DecodeCache make_cache(const ScenarioCase& c, const CaseInput& in) {
-  DecodeCache cache;
-  cache.shape = in.shape;
-  const QuantParams q = quant_params(c);
-  cache.k = quantize(in.x, in.shape.tokens, in.shape.channels(), q, "attention keys");
-  std::vector<float> v = kv_with_outliers(in.shape.tokens, in.shape.heads, in.shape.head_dim,
-                                          static_cast<uint64_t>(case_int(c, "seed", 1)) + 7, 0, 1);
-  cache.v = quantize(v, in.shape.tokens, in.shape.channels(), q, "attention values");
-  return cache;
+void recorded_routing(const ScenarioCase& c, Prepared& p) {
+  const SafetensorsFile file = SafetensorsFile::open(c.input);
+  const std::string ids = layer_tensor(c, "experts.ids");
+  const TensorView view = file.view(ids);
+  if (view.shape.size() != 2)
+    throw Error(c.input + ": tensor '" + ids + "': expected [T, top_k], got " +
+                shape_string(view.shape));
+  p.in.shape = {view.shape[0], 1, view.shape[1]};
+  p.top_k = view.shape[1];
+  p.ids = file.read_i32(ids);
+  p.absmax = file.read_f32(layer_tensor(c, "experts.down_absmax"));
+  if (file.has(layer_tensor(c, "experts.down_argmax")))
+    p.argmax = file.read_i32(layer_tensor(c, "experts.down_argmax"));
+  // E: the scenario's `experts`, else the recording's metadata, else the largest id + 1.
+  int64_t experts = 0;
+  for (int32_t id : p.ids) experts = std::max<int64_t>(experts, int64_t{id} + 1);
+  const auto meta = file.metadata().find("num_experts");
+  if (meta != file.metadata().end()) experts = std::max<int64_t>(experts, std::stoll(meta->second));
+  p.experts = case_int(c, "experts", experts);
 }
 
-std::vector<float> make_query(const ScenarioCase& c, const CaseInput& in) {
-  const int64_t q_heads = case_int(c, "q_heads", in.shape.heads);
-  return kv_with_outliers(1, q_heads, in.shape.head_dim,
-                          static_cast<uint64_t>(case_int(c, "seed", 1)) + 11, 0, 1);
+// attention_decode: K and V quantized (no rotation) into a decode cache, one query. Synthetic:
+// K is the input, V and q are further seeded normals. Recording: the layer's k, v and the
+// last token's q.
+void attention_inputs(const ScenarioCase& c, Prepared& p) {
+  const CaseInput& in = p.in;
+  const uint64_t seed = static_cast<uint64_t>(case_int(c, "seed", 1));
+  std::vector<float> v;
+  if (c.input == "synthetic") {
+    v = kv_with_outliers(in.shape.tokens, in.shape.heads, in.shape.head_dim, seed + 7, 0, 1.0);
+    p.q_heads = case_int(c, "q_heads", in.shape.heads);
+    p.query = kv_with_outliers(1, p.q_heads, in.shape.head_dim, seed + 11, 0, 1.0);
+  } else {
+    const SafetensorsFile file = SafetensorsFile::open(c.input);
+    v = file.read_f32(layer_tensor(c, "v"));
+    const std::string q = layer_tensor(c, "q");
+    const TensorView qv = file.view(q);
+    if (qv.shape.size() != 3 || qv.shape[0] != in.shape.tokens || qv.shape[2] != in.shape.head_dim)
+      throw Error(c.input + ": tensor '" + q + "': expected [" + std::to_string(in.shape.tokens) +
+                  ", q_heads, " + std::to_string(in.shape.head_dim) + "], got " +
+                  shape_string(qv.shape));
+    p.q_heads = qv.shape[1];
+    const std::vector<float> all = file.read_f32(q);
+    const size_t row = static_cast<size_t>(p.q_heads * in.shape.head_dim);
+    p.query.assign(all.end() - static_cast<std::ptrdiff_t>(row), all.end());
+  }
+  if (v.size() != in.x.size())
+    throw Error(c.name + ": V has " + std::to_string(v.size()) + " values, K " +
+                std::to_string(in.x.size()));
+  p.cache.shape = in.shape;
+  p.cache.k = quantize(in.x, in.shape.tokens, in.shape.channels(), p.quant, "attention keys");
+  p.cache.v = quantize(v, in.shape.tokens, in.shape.channels(), p.quant, "attention values");
 }
 
-OpOutput run_op(const Backend& b, Op op, const ScenarioCase& c, const CaseInput& in) {
-  OpOutput out;
-  const auto start = std::chrono::steady_clock::now();
-  const int64_t rows = in.shape.tokens, cols = in.shape.channels();
+Prepared prepare(const ScenarioCase& c, Op op) {
+  Prepared p;
+  p.op = op;
+  p.quant = quant_params(c);
+  if (op == Op::ExpertStatistics) {
+    if (c.input == "synthetic") {
+      p.in.shape = {case_int(c, "tokens", 128), 1, 1};
+      synthetic_routing(c, p);
+    } else {
+      recorded_routing(c, p);
+    }
+    return p;
+  }
+  p.in = make_input(c, op);
   switch (op) {
     case Op::Fwht:
-      out.values = in.x;
-      b.fwht(out.values, static_cast<int>(in.shape.head_dim));
+      // Synthetic: [tokens, n]. Recording: blocks of n (default head_dim) over the tensor.
+      p.fwht_n = static_cast<int>(c.input == "synthetic" ? p.in.shape.head_dim
+                                                         : case_int(c, "n", p.in.shape.head_dim));
       break;
     case Op::Reorder: {
-      std::vector<int32_t> perm(static_cast<size_t>(cols));
+      const int64_t cols = p.in.shape.channels();
+      p.perm.resize(static_cast<size_t>(cols));
       SplitMix64 rng(static_cast<uint64_t>(case_int(c, "seed", 1)));
-      for (int64_t i = 0; i < cols; ++i) perm[i] = static_cast<int32_t>(i);
-      for (int64_t i = cols - 1; i > 0; --i) std::swap(perm[i], perm[rng.next() % (i + 1)]);
-      out.values = b.reorder(in.x, rows, perm);
+      for (int64_t i = 0; i < cols; ++i) p.perm[i] = static_cast<int32_t>(i);
+      for (int64_t i = cols - 1; i > 0; --i)  // Fisher-Yates
+        std::swap(p.perm[i], p.perm[rng.next() % static_cast<uint64_t>(i + 1)]);
       break;
     }
-    case Op::RotateK: out.values = b.rotate_k(in.x, in.shape, rotation_params(c, in)); break;
-    case Op::RotateV: out.values = b.rotate_v(in.x, in.shape); break;
-    case Op::Quantize: out.quantized = b.quantize(in.x, rows, cols, quant_params(c)); break;
+    case Op::RotateK: p.rotation = rotation_params(c, p.in); break;
     case Op::Dequantize:
-      out.values = b.dequantize(kvq::quantize(in.x, rows, cols, quant_params(c)));
+      p.quantized = quantize(p.in.x, p.in.shape.tokens, p.in.shape.channels(), p.quant, c.name);
       break;
     case Op::RotateQuantize: {
-      RotateQuantizeParams p;
       const std::string r = case_string(c, "rotation", "key_grouped");
-      p.rotation = r == "none"       ? AppendRotation::None
-                   : r == "per_head" ? AppendRotation::PerHead
-                                     : AppendRotation::KeyGrouped;
-      if (p.rotation == AppendRotation::KeyGrouped) p.rotation_params = rotation_params(c, in);
-      p.quant = quant_params(c);
-      const TensorView view = in.x16.empty()
-                                  ? TensorView{in.x.data(), DType::F32, {rows, in.shape.heads, in.shape.head_dim}}
-                                  : TensorView{in.x16.data(), DType::F16, {rows, in.shape.heads, in.shape.head_dim}};
-      out.quantized = b.rotate_quantize(view, in.shape, p);
+      p.rq.rotation = r == "none"       ? AppendRotation::None
+                      : r == "per_head" ? AppendRotation::PerHead
+                                        : AppendRotation::KeyGrouped;
+      if (p.rq.rotation == AppendRotation::KeyGrouped)
+        p.rq.rotation_params = rotation_params(c, p.in);
+      p.rq.quant = p.quant;
+      break;
+    }
+    case Op::AttentionDecode: attention_inputs(c, p); break;
+    default: break;
+  }
+  return p;
+}
+
+OpOutput run_op(const Backend& b, const Prepared& p) {
+  OpOutput out;
+  const CaseInput& in = p.in;
+  const int64_t rows = in.shape.tokens, cols = in.shape.channels();
+  if (p.op == Op::Fwht) out.values = in.x;  // fwht works in place: the copy is not timed
+  const auto start = std::chrono::steady_clock::now();
+  switch (p.op) {
+    case Op::Fwht: b.fwht(out.values, p.fwht_n); break;
+    case Op::Reorder: out.values = b.reorder(in.x, rows, p.perm); break;
+    case Op::RotateK: out.values = b.rotate_k(in.x, in.shape, p.rotation); break;
+    case Op::RotateV: out.values = b.rotate_v(in.x, in.shape); break;
+    case Op::Quantize: out.quantized = b.quantize(in.x, rows, cols, p.quant); break;
+    case Op::Dequantize: out.values = b.dequantize(p.quantized); break;
+    case Op::RotateQuantize: {
+      const Shape shape{rows, in.shape.heads, in.shape.head_dim};
+      const TensorView view = in.x16.empty() ? TensorView{in.x.data(), DType::F32, shape}
+                                             : TensorView{in.x16.data(), DType::F16, shape};
+      out.quantized = b.rotate_quantize(view, in.shape, p.rq);
       break;
     }
     case Op::TokenAbsmax: {
@@ -191,25 +287,23 @@ OpOutput run_op(const Backend& b, Op op, const ScenarioCase& c, const CaseInput&
       break;
     }
     case Op::ExpertStatistics: {
-      const Routing r = make_routing(c, rows);
-      for (const ExpertStat& s : b.expert_statistics(r.ids, r.absmax, r.argmax, rows, r.top_k,
-                                                     r.experts)) {
+      const std::vector<ExpertStat> stats =
+          b.expert_statistics(p.ids, p.absmax, p.argmax, rows, p.top_k, p.experts);
+      for (const ExpertStat& s : stats) {
         out.values.push_back(s.max_abs);
         out.indices.push_back(s.token);
         out.indices.push_back(s.channel);
       }
       break;
     }
-    case Op::AttentionDecode: {
-      const std::vector<float> q = make_query(c, in);
-      out.values = b.attention_decode(q, case_int(c, "q_heads", in.shape.heads), make_cache(c, in));
-      break;
-    }
+    case Op::AttentionDecode: out.values = b.attention_decode(p.query, p.q_heads, p.cache); break;
   }
   out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return out;
 }
 
+// Bitwise over every output: codes, scales, zeros and dequant of a quantization (compare.h), or
+// the values then the indices (token_absmax argmax, expert token/channel).
 Comparison compare_outputs(const OpOutput& expected, const OpOutput& got) {
   if (expected.quantized) {
     if (!got.quantized) {
@@ -221,10 +315,8 @@ Comparison compare_outputs(const OpOutput& expected, const OpOutput& got) {
     return compare_quantized(*expected.quantized, *got.quantized);
   }
   Comparison values = compare_bitwise(expected.values, got.values);
-  if (values.mismatches || values.shape_mismatch) {
-    values.where = "values";
-    return values;
-  }
+  if (values.where.empty()) values.where = "values";
+  if (!values.passed()) return values;
   if (!expected.indices.empty() || !got.indices.empty()) {
     Comparison idx = compare_i32(expected.indices, got.indices);
     if (!idx.passed()) {
@@ -239,39 +331,39 @@ std::string repro_line(const Scenario& s, const ScenarioCase& c, const std::stri
   std::string escaped;
   for (char ch : c.name) {
     if (std::string("\\^$.|?*+()[]{}").find(ch) != std::string::npos) escaped += '\\';
+    if (ch == '\'') escaped += "'\\'";  // close, escaped quote, reopen (shell)
     escaped += ch;
   }
-  return "kvq run " + s.path + " --filter '^" + escaped + "$' --backends " + backend;
+  std::string line = "kvq run " + s.path + " --filter '^" + escaped + "$'";
+  if (!backend.empty()) line += " --backends " + backend;
+  return line;
 }
 
-void print_line(const std::string& name, const std::string& backend, const std::string& check,
-                double max_ulp, double nmse, double seconds) {
-  std::printf("%-44s %-8s %-6s %9.3g %10.3g %10.6f\n", name.c_str(), backend.c_str(),
-              check.c_str(), max_ulp, nmse, seconds);
-}
+// The method's K and V (fp32 accumulation in fp64) and decode attention against the fp32 cache.
+struct MethodMetrics {
+  double k_err = 0, k_ref = 0, v_err = 0, v_ref = 0;
+  int64_t bits = 0, elements = 0;
+  double attention_rel_error = 0.0;
+};
 
-// op = "method": SPEC.md §8 on a recording or a synthetic one; reference only, measured.
-std::vector<Measurement> run_method(const ScenarioCase& c) {
-  std::vector<std::pair<std::string, Tensor>> owned;
+// op = "method" (SPEC.md §8) on a recording or on a synthetic one (harness/synth); reference
+// only, measured, never gated.
+std::vector<Measurement> run_method(const ScenarioCase& c, double& seconds) {
   std::optional<SafetensorsFile> file;
+  std::vector<std::pair<std::string, Tensor>> owned;
   std::map<std::string, std::vector<float>> f32;
   std::vector<uint8_t> modality;
   int64_t layers = 0;
-  auto tensor = [&](const std::string& name) -> const std::vector<float>& {
-    auto it = f32.find(name);
-    if (it != f32.end()) return it->second;
-    if (file) return f32[name] = file->read_f32(name);
-    for (const auto& [n, t] : owned)
-      if (n == name) return f32[name] = widen_f32(t.view(), name);
-    throw Error("synthetic recording lacks '" + name + "'");
-  };
   Shape k_shape, q_shape, h_shape;
   if (c.input == "synthetic") {
-    SynthParams p;
-    p.seed = static_cast<uint64_t>(case_int(c, "seed", 1));
-    p.tokens = case_int(c, "tokens", 256);
-    p.head_dim = case_int(c, "head_dim", 32);
-    p.experts = 0;
+    SynthParams p;  // its defaults unless the case names them
+    p.seed = static_cast<uint64_t>(case_int(c, "seed", static_cast<int64_t>(p.seed)));
+    p.tokens = case_int(c, "tokens", p.tokens);
+    p.kv_heads = case_int(c, "heads", p.kv_heads);
+    p.heads = case_int(c, "q_heads", std::max(p.heads, p.kv_heads));
+    p.head_dim = case_int(c, "head_dim", p.head_dim);
+    p.hidden = case_int(c, "hidden", p.hidden);
+    p.experts = 0;  // methods read no expert tensors
     SynthRecording rec = synthesize(p);
     owned = std::move(rec.tensors);
     layers = p.layers;
@@ -287,12 +379,21 @@ std::vector<Measurement> run_method(const ScenarioCase& c) {
     k_shape = file->view("layers.0.k").shape;
     q_shape = file->view("layers.0.q").shape;
     h_shape = file->view("layers.0.hidden_in").shape;
+    if (k_shape.size() != 3 || q_shape.size() != 3 || h_shape.size() != 2)
+      throw Error(c.input + ": expected k, q [T, H, d] and hidden_in [T, D] in layer 0");
     if (file->has("modality")) {
       const TensorView m = file->view("modality");
       modality.assign(static_cast<const uint8_t*>(m.data),
                       static_cast<const uint8_t*>(m.data) + m.numel());
     }
   }
+  auto tensor = [&](const std::string& name) -> const std::vector<float>& {
+    if (auto it = f32.find(name); it != f32.end()) return it->second;
+    if (file) return f32[name] = file->read_f32(name);
+    for (const auto& [n, t] : owned)
+      if (n == name) return f32[name] = widen_f32(t.view(), name);
+    throw Error("synthetic recording lacks '" + name + "'");
+  };
   std::vector<LayerTensors> tensors;
   for (int64_t l = 0; l < layers; ++l) {
     const std::string p = "layers." + std::to_string(l) + ".";
@@ -310,154 +411,319 @@ std::vector<Measurement> run_method(const ScenarioCase& c) {
   }
   MethodParams params;
   params.method = parse_method(case_string(c, "method", "rtn"));
-  params.bits = static_cast<int>(case_int(c, "bits", 2));
-  params.group = case_int(c, "group", 128);
-  params.window = case_int(c, "window", -1);
+  params.bits = static_cast<int>(case_int(c, "bits", params.bits));
+  params.group = case_int(c, "group", params.group);
+  params.window = case_int(c, "window", params.window);
+  if (c.params.contains("clip")) params.clip = static_cast<float>(case_double(c, "clip", 1.0));
+  params.zero_point =
+      case_string(c, "zero_point", "float") == "int" ? ZeroPoint::Int : ZeroPoint::Float;
+  params.head_group = static_cast<int>(case_int(c, "head_group", params.head_group));
+
+  const auto start = std::chrono::steady_clock::now();
   const Calibration calibration = calibrate(tensors, params);
-  double k_err = 0, k_ref = 0, v_err = 0, v_ref = 0;
-  int64_t k_bits = 0, v_bits = 0, elements = 0;
+  MethodMetrics m;
   for (int64_t l = 0; l < layers; ++l) {
-    const AppliedLayer applied = apply_method(tensors[l], l, layers, calibration, params);
+    const LayerTensors& t = tensors[static_cast<size_t>(l)];
+    const AppliedLayer applied = apply_method(t, l, layers, calibration, params);
     for (size_t i = 0; i < applied.k.dequant.size(); ++i) {
-      k_err += std::pow(static_cast<double>(applied.k.dequant[i]) - tensors[l].k[i], 2);
-      k_ref += std::pow(static_cast<double>(tensors[l].k[i]), 2);
-      v_err += std::pow(static_cast<double>(applied.v.dequant[i]) - tensors[l].v[i], 2);
-      v_ref += std::pow(static_cast<double>(tensors[l].v[i]), 2);
+      m.k_err += std::pow(static_cast<double>(applied.k.dequant[i]) - t.k[i], 2);
+      m.k_ref += std::pow(static_cast<double>(t.k[i]), 2);
+      m.v_err += std::pow(static_cast<double>(applied.v.dequant[i]) - t.v[i], 2);
+      m.v_ref += std::pow(static_cast<double>(t.v[i]), 2);
     }
-    k_bits += applied.k.storage.total();
-    v_bits += applied.v.storage.total();
-    elements += applied.k.storage.elements;
+    m.bits += applied.k.storage.total() + applied.v.storage.total();
+    m.elements += applied.k.storage.elements + applied.v.storage.elements;
+    // SPEC.md §7/§8: the newest token's query over the method's cache vs the fp32 cache, both
+    // with the fp64 oracle so the difference is the method's alone.
+    const size_t row = static_cast<size_t>(t.q_heads * t.shape.head_dim);
+    const std::span<const float> q = t.q.subspan(t.q.size() - row, row);
+    DecodeCache exact;
+    exact.shape = t.shape;
+    exact.k_f32.assign(t.k.begin(), t.k.end());
+    exact.v_f32.assign(t.v.begin(), t.v.end());
+    const std::vector<double> want = attention_decode_oracle(q, t.q_heads, exact);
+    const std::vector<double> got = attention_decode_oracle(q, t.q_heads, applied.cache);
+    m.attention_rel_error = std::max(m.attention_rel_error, max_relative_error(want, got));
   }
-  return {{"ref", "k_nmse", k_ref > 0 ? k_err / k_ref : 0.0, "", 1, 0.0},
-          {"ref", "v_nmse", v_ref > 0 ? v_err / v_ref : 0.0, "", 1, 0.0},
+  seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double kv = m.k_ref + m.v_ref > 0 ? (m.k_err + m.v_err) / (m.k_ref + m.v_ref) : 0.0;
+  return {{"ref", "kv_nmse", kv, "ratio", 1, 0.0},
+          {"ref", "k_nmse", m.k_ref > 0 ? m.k_err / m.k_ref : 0.0, "ratio", 1, 0.0},
+          {"ref", "v_nmse", m.v_ref > 0 ? m.v_err / m.v_ref : 0.0, "ratio", 1, 0.0},
+          {"ref", "attention_rel_error", m.attention_rel_error, "ratio", 1, 0.0},
           {"ref", "bits_per_element",
-           elements ? static_cast<double>(k_bits + v_bits) / (2.0 * elements) : 0.0, "bits", 1,
-           0.0}};
+           m.elements ? static_cast<double>(m.bits) / static_cast<double>(m.elements) : 0.0, "bits",
+           1, 0.0},
+          {"ref", "time", seconds, "s", 1, 0.0}};
 }
 
+class Backends {
+ public:
+  explicit Backends(const RunOptions& options) : extra_(options.extra_backends) {}
+
+  const BackendEntry* find(const std::string& name) const {
+    for (const BackendEntry& e : extra_)
+      if (e.name == name) return &e;
+    for (const BackendEntry& e : backend_registry())
+      if (e.name == name) return &e;
+    return nullptr;
+  }
+  const Backend& get(const BackendEntry& entry) {
+    std::unique_ptr<Backend>& b = made_[entry.name];
+    if (!b) b = entry.make();
+    return *b;
+  }
+  std::vector<std::string> available() const {
+    std::vector<std::string> names;
+    for (const BackendEntry& e : backend_registry())
+      if (e.available) names.push_back(e.name);
+    return names;
+  }
+
+ private:
+  std::vector<BackendEntry> extra_;
+  std::map<std::string, std::unique_ptr<Backend>> made_;
+};
+
+// Per-case backends: --backends, else the case's, else the scenario's, else every available.
 std::vector<std::string> case_backends(const Scenario& s, const ScenarioCase& c,
-                                       const RunOptions& o) {
+                                       const RunOptions& o, const Backends& backends) {
   if (!o.backends.empty()) return o.backends;
   if (!c.backends.empty()) return c.backends;
   if (!s.backends.empty()) return s.backends;
-  std::vector<std::string> all;
-  for (const BackendEntry& e : backend_registry())
-    if (e.available) all.push_back(e.name);
-  return all;
+  return backends.available();
 }
 
-const BackendEntry* find_backend(const std::string& name) {
-  for (const BackendEntry& e : backend_registry())
-    if (e.name == name) return &e;
-  return nullptr;
+// The printed table: one line per (case, backend), fixed columns.
+class Table {
+ public:
+  explicit Table(int name_width) : width_(name_width) {
+    std::printf("%-*s %-8s %-6s %9s %10s %11s  %s\n", width_, "case", "backend", "check", "max ULP",
+                "NMSE", "time (s)", "note");
+  }
+  void line(const std::string& name, const std::string& backend, const std::string& check,
+            const CheckRecord* k, double seconds, const std::string& note) const {
+    if (k) {
+      std::printf("%-*s %-8s %-6s %9.3g %10.3g %11.3e  %s\n", width_, name.c_str(), backend.c_str(),
+                  check.c_str(), k->max_ulp, k->nmse, seconds, note.c_str());
+    } else {
+      std::printf("%-*s %-8s %-6s %9s %10s %11.3e  %s\n", width_, name.c_str(), backend.c_str(),
+                  check.c_str(), "-", "-", seconds, note.c_str());
+    }
+    std::fflush(stdout);
+  }
+
+ private:
+  int width_;
+};
+
+// Progress on stderr: a self-overwriting line on a terminal, every tenth of the cases otherwise.
+class Progress {
+ public:
+  explicit Progress(size_t total) : total_(total), tty_(isatty(fileno(stderr)) != 0) {}
+  void at(size_t index, const std::string& name) const {
+    if (tty_) {
+      std::fprintf(stderr, "\r\033[K[%zu/%zu] %s", index + 1, total_, name.c_str());
+    } else if (total_ >= 20 && (index + 1) % (total_ / 10) == 0) {
+      std::fprintf(stderr, "kvq: %zu/%zu cases\n", index + 1, total_);
+    }
+  }
+  void done() const {
+    if (tty_) std::fprintf(stderr, "\r\033[K");
+  }
+
+ private:
+  size_t total_;
+  bool tty_;
+};
+
+std::string number(double v) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%.3g", v);
+  return text;
+}
+
+std::string one_line(std::string s) {
+  std::replace(s.begin(), s.end(), '\n', ' ');
+  return s;
 }
 
 }  // namespace
 
-RunSummary run_scenario(const Scenario& scenario, const RunOptions& options) {
-  for (const std::string& name : options.backends)
-    if (!find_backend(name)) (void)make_backend(name);  // throws naming the known backends
-  const std::regex filter(options.filter.empty() ? ".*" : options.filter);
+std::vector<const ScenarioCase*> select_cases(const Scenario& scenario, const RunOptions& options) {
+  std::regex filter;
+  try {
+    filter = std::regex(options.filter.empty() ? std::string(".*") : options.filter);
+  } catch (const std::regex_error& e) {
+    throw Error("--filter '" + options.filter + "': not a valid regular expression (" + e.what() +
+                ")");
+  }
+  if (options.shard_count < 1 || options.shard_index < 0 ||
+      options.shard_index >= options.shard_count)
+    throw Error("--shard " + std::to_string(options.shard_index) + "/" +
+                std::to_string(options.shard_count) + ": needs n >= 1 and 0 <= i < n");
   std::vector<const ScenarioCase*> selected;
-  for (const ScenarioCase& c : scenario.cases)
-    if (std::regex_search(c.name, filter)) selected.push_back(&c);
+  for (size_t i = 0; i < scenario.cases.size(); ++i) {
+    const ScenarioCase& c = scenario.cases[i];
+    // --shard i/n (RunOptions): the slice is fixed by the expansion index, before the filter.
+    if (static_cast<int64_t>(i) % options.shard_count != options.shard_index) continue;
+    if (!std::regex_search(c.name, filter)) continue;
+    selected.push_back(&c);
+  }
+  return selected;
+}
+
+RunSummary run_scenario(const Scenario& scenario, const RunOptions& options) {
+  Backends backends(options);
+  for (const std::string& name : options.backends)
+    if (!backends.find(name)) (void)make_backend(name);  // throws, naming the known backends
+  const std::vector<const ScenarioCase*> selected = select_cases(scenario, options);
+  size_t width = 24;
+  for (const ScenarioCase* c : selected)
+    width = std::max(width, std::min<size_t>(c->name.size(), 60));
+  const BackendEntry* reference_entry = backends.find(scenario.reference);
+  if (!reference_entry || !reference_entry->available)
+    (void)make_backend(scenario.reference);  // throws with the reason
+  const Backend& reference = backends.get(*reference_entry);
 
   Store store(options.db);
-  const int64_t run_id = store.begin_run(collect_run_info(scenario.path, options.command));
-  const std::unique_ptr<Backend> reference = make_backend(scenario.reference);
-  std::map<std::string, std::unique_ptr<Backend>> backends;
   RunSummary summary;
-  std::printf("%-44s %-8s %-6s %9s %10s %10s\n", "case", "backend", "check", "max ULP", "NMSE",
-              "time (s)");
-  for (size_t index = 0; index < selected.size(); ++index) {
-    const ScenarioCase& c = *selected[index];
-    std::fprintf(stderr, "[%zu/%zu] %s\n", index + 1, selected.size(), c.name.c_str());
-    ++summary.cases;
-    CaseRecord record{c.name, case_string(c, "op", ""), c.params.dump(), ""};
-    std::vector<CheckRecord> checks;
-    std::vector<Measurement> measurements;
-    const std::string gate = case_string(c, "gate", case_string(c, "op", "") == "method"
-                                                        ? "none"
-                                                        : case_string(c, "op", "") == "attention_decode"
-                                                              ? "tolerance"
-                                                              : "exact");
-    record.repro = repro_line(scenario, c, "ref");
-    if (case_string(c, "op", "") == "method") {
-      measurements = run_method(c);
-      for (const Measurement& m : measurements)
-        print_line(c.name + " " + m.metric, "ref", "MEAS", 0, m.value, 0);
-      ++summary.measured;
-      store.add_case(run_id, record, checks, measurements);
-      continue;
-    }
-    const Op op = op_from_name(case_string(c, "op", ""));
-    const CaseInput input = make_input(c);
-    const OpOutput expected = run_op(*reference, op, c, input);
-    std::vector<double> oracle;
-    if (gate == "tolerance" && op == Op::AttentionDecode) {
-      const std::vector<double> o = attention_decode_oracle(
-          make_query(c, input), case_int(c, "q_heads", input.shape.heads), make_cache(c, input));
-      oracle = o;
-    }
-    for (const std::string& name : case_backends(scenario, c, options)) {
-      CheckRecord check;
-      check.backend = name;
-      check.reference = gate == "tolerance" ? "fp64 oracle" : reference->name();
-      const BackendEntry* entry = find_backend(name);
-      double seconds = 0.0;
-      if (!entry || !entry->available) {
-        check.status = "skip";
-        check.got = entry ? entry->detail : "unknown backend";
-      } else {
-        auto& backend = backends[name];
-        if (!backend) backend = entry->make();
-        if (!backend->supports(op)) {
+  summary.run_id = store.begin_run(collect_run_info(scenario.path, options.command));
+  const Table table(static_cast<int>(width));
+  const Progress progress(selected.size());
+  try {
+    for (size_t index = 0; index < selected.size(); ++index) {
+      const ScenarioCase& c = *selected[index];
+      progress.at(index, c.name);
+      ++summary.cases;
+      const std::string op_text = case_string(c, "op", "");
+      CaseRecord record{c.name, op_text == "method" ? case_string(c, "method", "") : op_text,
+                        c.params.dump(), repro_line(scenario, c, "")};
+      std::vector<CheckRecord> checks;
+      std::vector<Measurement> measurements;
+
+      if (op_text == "method") {
+        double seconds = 0.0;
+        measurements = run_method(c, seconds);
+        const std::string note = "kv_nmse " + number(measurements[0].value) + ", attention " +
+                                 number(measurements[3].value) + ", bits/elem " +
+                                 number(measurements[4].value);
+        table.line(c.name, "ref", "MEAS", nullptr, seconds, note);
+        ++summary.measured;
+        store.add_case(summary.run_id, record, checks, measurements);
+        continue;
+      }
+
+      const Op op = op_from_name(op_text);
+      // SPEC.md §7: attention is gated by tolerance against the fp64 oracle; the rest bitwise.
+      const std::string gate =
+          case_string(c, "gate", op == Op::AttentionDecode ? "tolerance" : "exact");
+      const double tolerance = case_double(c, "tolerance", 1e-3);
+      // Choice: a case whose input cannot be built or whose reference run fails is recorded as
+      // an error of every selected backend (the gate goes on with the other cases).
+      std::optional<Prepared> prepared;
+      std::optional<OpOutput> expected;
+      std::vector<double> oracle;
+      std::string case_error;
+      try {
+        prepared.emplace(prepare(c, op));
+        expected.emplace(run_op(reference, *prepared));
+        if (gate == "tolerance") {
+          if (op != Op::AttentionDecode)
+            throw Error(c.where + ": key 'gate': tolerance applies to attention_decode only");
+          oracle = attention_decode_oracle(prepared->query, prepared->q_heads, prepared->cache);
+        }
+      } catch (const Error& e) {
+        case_error = std::string("reference ") + reference.name() + ": " + e.what();
+      }
+
+      for (const std::string& name : case_backends(scenario, c, options, backends)) {
+        CheckRecord check;
+        check.backend = name;
+        check.reference = gate == "tolerance" ? "fp64 oracle" : reference.name();
+        const BackendEntry* entry = backends.find(name);
+        double seconds = 0.0;
+        std::string note;
+        bool measured = false;
+        if (!entry || !entry->available) {
+          check.status = "unsupported";  // SKIP: listed but not runnable here
+          check.got = note = entry ? "not available: " + entry->detail : "unknown backend";
+        } else if (!backends.get(*entry).supports(op)) {
           check.status = "unsupported";
-          check.got = name + " does not implement " + op_name(op);
-        } else if (name == reference->name() && gate == "exact") {
-          check.status = "pass";
-          seconds = expected.seconds;
+          check.got = note = "unsupported: " + name + " does not implement " + op_name(op);
+        } else if (!case_error.empty()) {
+          check.status = "error";
+          check.got = note = one_line(case_error);
         } else {
           try {
-            const OpOutput got = run_op(*backend, op, c, input);
+            const bool is_reference = name == reference.name() && entry == reference_entry;
+            const OpOutput got = is_reference ? *expected : run_op(backends.get(*entry), *prepared);
             seconds = got.seconds;
-            Comparison cmp = gate == "tolerance"
-                                 ? compare_tolerance(oracle, got.values,
-                                                     case_double(c, "tolerance", 1e-3))
-                                 : compare_outputs(expected, got);
-            check.status = gate == "none" || cmp.passed() ? "pass" : "fail";
+            const Comparison cmp = gate == "tolerance"
+                                       ? compare_tolerance(oracle, got.values, tolerance)
+                                       : compare_outputs(*expected, got);
             check.mismatches = cmp.mismatches;
             check.max_ulp = cmp.max_ulp;
             check.nmse = cmp.nmse;
             check.first_mismatch = cmp.first_mismatch;
-            check.expected = cmp.where.empty() ? cmp.expected : cmp.where + ": " + cmp.expected;
+            check.expected = cmp.expected;
             check.got = cmp.got;
+            if (gate == "none") {
+              measured = true;
+              measurements.push_back({name, "max_ulp", cmp.max_ulp, "ulp", 1, 0.0});
+              measurements.push_back({name, "nmse", cmp.nmse, "ratio", 1, 0.0});
+            } else {
+              check.status = cmp.passed() ? "pass" : "fail";
+              if (gate == "tolerance")
+                note = "max rel error " + number(cmp.max_rel_error) + " (tolerance " +
+                       number(tolerance) + ")";
+              if (!cmp.passed()) {
+                note = cmp.where + "[" + std::to_string(cmp.first_mismatch) + "]: expected " +
+                       cmp.expected + ", got " + cmp.got;
+                if (cmp.shape_mismatch) note = cmp.where + ": sizes differ";
+                summary.failures.push_back({c.name, name, cmp.where, cmp.expected, cmp.got,
+                                            repro_line(scenario, c, name), cmp.first_mismatch});
+              }
+            }
           } catch (const Error& e) {
             check.status = "error";
-            check.got = e.what();
+            check.got = note = one_line(e.what());
           }
         }
+        if (entry && entry->available && check.status != "unsupported")
+          measurements.push_back({name, "time", seconds, "s", 1, 0.0});
+        if (check.status == "error")
+          summary.failures.push_back(
+              {c.name, name, "error", "", check.got, repro_line(scenario, c, name), -1});
+        const std::string shown = measured                  ? "MEAS"
+                                  : check.status == "pass"  ? "PASS"
+                                  : check.status == "fail"  ? "FAIL"
+                                  : check.status == "error" ? "ERROR"
+                                                            : "SKIP";
+        table.line(c.name, name, shown,
+                   measured || check.status == "pass" || check.status == "fail" ? &check : nullptr,
+                   seconds, note);
+        if (measured) {
+          ++summary.measured;
+          continue;  // gate = none: a measurement, no check row
+        }
+        if (check.status == "pass")
+          ++summary.passed;
+        else if (check.status == "fail" || check.status == "error")
+          ++summary.failed;
+        else
+          ++summary.skipped;
+        checks.push_back(std::move(check));
       }
-      measurements.push_back({name, "time", seconds, "s", 1, 0.0});
-      const std::string shown = check.status == "pass"          ? "PASS"
-                                : check.status == "fail"        ? "FAIL"
-                                : check.status == "error"       ? "ERROR"
-                                                                : "SKIP";
-      print_line(c.name, name, shown, check.max_ulp, check.nmse, seconds);
-      if (check.status == "pass") ++summary.passed;
-      else if (check.status == "fail" || check.status == "error") {
-        ++summary.failed;
-        summary.failures.push_back({c.name, name, check.expected, check.expected, check.got,
-                                    repro_line(scenario, c, name), check.first_mismatch});
-      } else {
-        ++summary.skipped;
-      }
-      checks.push_back(std::move(check));
+      store.add_case(summary.run_id, record, checks, measurements);
     }
-    store.add_case(run_id, record, checks, measurements);
+  } catch (...) {
+    progress.done();
+    store.finish_run(summary.run_id, "failed");  // the run stopped before its last case
+    throw;
   }
-  store.finish_run(run_id, summary.failed ? "failed" : "complete");
-  std::fflush(stdout);
+  progress.done();
+  store.finish_run(summary.run_id, "complete");
   return summary;
 }
 

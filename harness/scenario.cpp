@@ -4,7 +4,9 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <fstream>
 #include <map>
+#include <optional>
 #include <set>
 
 #include "harness/safetensors.h"
@@ -15,15 +17,22 @@ namespace kvq {
 
 namespace {
 
-const std::set<std::string> kCaseKeys = {
-    "name", "op", "input", "seed", "dtype", "tokens", "heads", "head_dim", "outlier_channels",
-    "outlier_scale", "layers", "tensor", "bits", "group", "axis", "clip", "zero_point", "n",
-    "head_group", "rotation", "reorder", "hidden", "experts", "top_k", "q_heads", "method",
-    "window", "gate", "tolerance", "backends", "repetitions"};
+const std::set<std::string> kCaseKeys = {"name",          "op",         "input",
+                                         "seed",          "dtype",      "tokens",
+                                         "heads",         "head_dim",   "outlier_channels",
+                                         "outlier_scale", "layers",     "tensor",
+                                         "bits",          "group",      "axis",
+                                         "clip",          "zero_point", "n",
+                                         "head_group",    "rotation",   "reorder",
+                                         "hidden",        "experts",    "top_k",
+                                         "q_heads",       "method",     "window",
+                                         "gate",          "tolerance",  "backends",
+                                         "repetitions"};
 
-const std::set<std::string> kOps = {"fwht", "reorder", "rotate_k", "rotate_v", "quantize",
-                                    "dequantize", "rotate_quantize", "token_absmax",
-                                    "expert_statistics", "attention_decode", "method"};
+const std::set<std::string> kOps = {
+    "fwht",       "reorder",         "rotate_k",     "rotate_v",          "quantize",
+    "dequantize", "rotate_quantize", "token_absmax", "expert_statistics", "attention_decode",
+    "method"};
 
 const std::map<std::string, std::set<std::string>> kChoices = {
     {"dtype", {"f32", "f16"}},
@@ -34,10 +43,10 @@ const std::map<std::string, std::set<std::string>> kChoices = {
     {"gate", {"exact", "tolerance", "none"}},
     {"method", {"fp32", "rtn", "kivi", "kvquant", "rotatekv", "kvsink+kvquant", "akvq-vl"}},
 };
-const std::set<std::string> kIntKeys = {"seed", "tokens", "heads", "head_dim",
-                                        "outlier_channels", "layers", "bits", "group", "n",
-                                        "head_group", "hidden", "experts", "top_k", "q_heads",
-                                        "window", "repetitions"};
+const std::set<std::string> kIntKeys = {
+    "seed",  "tokens",  "heads",  "head_dim",   "outlier_channels", "layers",
+    "bits",  "group",   "n",      "head_group", "hidden",           "experts",
+    "top_k", "q_heads", "window", "repetitions"};
 const std::set<std::string> kFloatKeys = {"outlier_scale", "clip", "tolerance"};
 
 std::string at(const std::string& path, const toml::node& node, const std::string& key) {
@@ -45,7 +54,20 @@ std::string at(const std::string& path, const toml::node& node, const std::strin
          std::to_string(node.source().begin.column) + ": key '" + key + "'";
 }
 
-bool power_of_two(int64_t n) { return n > 0 && (n & (n - 1)) == 0; }
+// " (line: TEXT)" quoting line `line` of the file, so a syntax error shows the key it broke.
+std::string source_line(const std::string& path, uint32_t line) {
+  std::ifstream in(path);
+  std::string text;
+  for (uint32_t i = 0; i < line && std::getline(in, text); ++i) {
+  }
+  if (!in || text.empty()) return "";
+  if (text.size() > 80) text = text.substr(0, 80) + "...";
+  return " (line: " + text + ")";
+}
+
+bool power_of_two(int64_t n) {
+  return n > 0 && (n & (n - 1)) == 0;
+}
 
 // One scalar, type-checked and range-checked for its key.
 nlohmann::json scalar(const std::string& key, const toml::node& node, const std::string& where) {
@@ -57,9 +79,9 @@ nlohmann::json scalar(const std::string& key, const toml::node& node, const std:
     if (key == "n" && (!power_of_two(v) || v < 2 || v > 32768))
       throw Error(where + ": fwht size must be a power of two in 2..32768 (got " +
                   std::to_string(v) + ")");
-    if (key == "seed" ? v < 0 : key == "outlier_channels" || key == "window" || key == "layers"
-                                    ? v < 0
-                                    : v <= 0)
+    if (key == "seed"                                                     ? v < 0
+        : key == "outlier_channels" || key == "window" || key == "layers" ? v < 0
+                                                                          : v <= 0)
       throw Error(where + ": out of range (got " + std::to_string(v) + ")");
     return v;
   }
@@ -86,9 +108,25 @@ nlohmann::json scalar(const std::string& key, const toml::node& node, const std:
 }
 
 std::string name_part(const std::string& key, const nlohmann::json& v) {
-  static const std::map<std::string, std::string> prefix = {
-      {"tokens", "T"}, {"bits", "b"}, {"group", "G"}, {"n", "n"}, {"head_dim", "d"},
-      {"heads", "H"}, {"hidden", "h"}, {"seed", "s"}, {"layers", "L"}, {"head_group", "g"}};
+  static const std::map<std::string, std::string> prefix = {{"tokens", "T"},
+                                                            {"bits", "b"},
+                                                            {"group", "G"},
+                                                            {"n", "n"},
+                                                            {"head_dim", "d"},
+                                                            {"heads", "H"},
+                                                            {"hidden", "h"},
+                                                            {"seed", "s"},
+                                                            {"layers", "L"},
+                                                            {"head_group", "g"},
+                                                            {"experts", "E"},
+                                                            {"top_k", "k"},
+                                                            {"q_heads", "Hq"},
+                                                            {"window", "R"},
+                                                            {"outlier_channels", "o"},
+                                                            {"outlier_scale", "x"},
+                                                            {"clip", "clip"},
+                                                            {"tolerance", "tol"},
+                                                            {"repetitions", "r"}};
   const auto it = prefix.find(key);
   return (it != prefix.end() ? it->second : std::string()) +
          (v.is_string() ? v.get<std::string>() : v.dump());
@@ -107,7 +145,12 @@ std::vector<std::string> strings(const toml::node& node, const std::string& wher
 
 // The shape rules SPEC.md needs, checked once the sweep is expanded (synthetic shapes are known
 // here; a recording's shapes are checked by the op itself when the case runs).
-void check_case(const ScenarioCase& c) {
+// `key_at` holds "FILE:LINE:COL" of each key of the [[case]] table.
+void check_case(const ScenarioCase& c, const std::map<std::string, std::string>& key_at) {
+  const auto where = [&](const std::string& key) {
+    const auto it = key_at.find(key);
+    return (it != key_at.end() ? it->second : c.where) + ": key '" + key + "'";
+  };
   const std::string op = c.params.value("op", "");
   const int64_t head_dim = c.params.value("head_dim", int64_t{128});
   const int64_t heads = c.params.value("heads", int64_t{8});
@@ -116,28 +159,37 @@ void check_case(const ScenarioCase& c) {
   const bool synthetic = c.input == "synthetic";
   const bool grouped = op == "rotate_k" || (op == "rotate_quantize" && rotation == "key_grouped");
   if (synthetic && grouped && (heads % g != 0 || !power_of_two(g * head_dim)))
-    throw Error(c.where + ": key 'head_group': head_group " + std::to_string(g) +
-                " must divide heads " + std::to_string(heads) + " and head_group * head_dim " +
+    throw Error(where("head_group") + ": head_group " + std::to_string(g) + " must divide heads " +
+                std::to_string(heads) + " and head_group * head_dim " +
                 std::to_string(g * head_dim) + " must be a power of two (SPEC.md §2)");
   if (synthetic && (op == "rotate_v" || (op == "rotate_quantize" && rotation == "per_head")) &&
       !power_of_two(head_dim))
-    throw Error(c.where + ": key 'head_dim': " + std::to_string(head_dim) +
+    throw Error(where("head_dim") + ": " + std::to_string(head_dim) +
                 " is not a power of two (SPEC.md §2)");
   if (op == "attention_decode" && c.params.contains("q_heads") && synthetic &&
       c.params["q_heads"].get<int64_t>() % heads != 0)
-    throw Error(c.where + ": key 'q_heads': " + std::to_string(c.params["q_heads"].get<int64_t>()) +
+    throw Error(where("q_heads") + ": " + std::to_string(c.params["q_heads"].get<int64_t>()) +
                 " is not a multiple of heads " + std::to_string(heads) + " (grouped-query)");
   if (op == "expert_statistics" &&
       c.params.value("top_k", int64_t{2}) > c.params.value("experts", int64_t{8}))
-    throw Error(c.where + ": key 'top_k': exceeds experts");
+    throw Error(where("top_k") + ": exceeds experts");
+  if (c.params.value("gate", std::string()) == "tolerance" && op != "attention_decode")
+    throw Error(where("gate") + ": gate = \"tolerance\" applies to op attention_decode only (" +
+                op + " is bit-exact: gate = \"exact\" or \"none\")");
   if (op == "method" && !c.params.contains("method"))
-    throw Error(c.where + ": key 'method': op = \"method\" needs a method");
+    throw Error(where("method") + ": op = \"method\" needs a method");
 }
 
 // Layers a recording holds for `tensor` (layers.{i}.TENSOR for i = 0, 1, ... while present).
 std::vector<nlohmann::json> recording_layers(const std::string& file, const std::string& tensor,
                                              const std::string& where) {
-  const SafetensorsFile recording = SafetensorsFile::open(file);
+  std::optional<SafetensorsFile> opened;
+  try {
+    opened.emplace(SafetensorsFile::open(file));
+  } catch (const Error& e) {
+    throw Error(where + ": " + e.what());
+  }
+  const SafetensorsFile& recording = *opened;
   std::vector<nlohmann::json> layers;
   while (recording.has("layers." + std::to_string(layers.size()) + "." + tensor))
     layers.push_back(static_cast<int64_t>(layers.size()));
@@ -153,8 +205,9 @@ Scenario load_scenario(const std::string& path) {
   try {
     root = toml::parse_file(path);
   } catch (const toml::parse_error& e) {
-    throw Error(path + ":" + std::to_string(e.source().begin.line) + ":" +
-                std::to_string(e.source().begin.column) + ": " + std::string(e.description()));
+    const toml::source_position at = e.source().begin;
+    throw Error(path + ":" + std::to_string(at.line) + ":" + std::to_string(at.column) + ": " +
+                std::string(e.description()) + source_line(path, at.line));
   }
   Scenario scenario;
   scenario.path = path;
@@ -174,9 +227,9 @@ Scenario load_scenario(const std::string& path) {
         scenario.backends = strings(node, where);
       } else if (k == "name" || k == "description" || k == "reference") {
         if (!node.is_string()) throw Error(where + ": expected a string");
-        (k == "name" ? scenario.name : k == "description" ? scenario.description
-                                                          : scenario.reference) =
-            *node.value<std::string>();
+        (k == "name"          ? scenario.name
+         : k == "description" ? scenario.description
+                              : scenario.reference) = *node.value<std::string>();
       } else {
         throw Error(where + ": unknown key in [scenario] (name, description, backends, reference)");
       }
@@ -200,8 +253,11 @@ Scenario load_scenario(const std::string& path) {
     base.where = path + ":" + std::to_string(cnode.source().begin.line);
     std::string prefix;
     std::vector<std::pair<std::string, std::vector<nlohmann::json>>> sweeps;
+    std::map<std::string, std::string> key_at;
     for (const auto& [k, node] : keys) {
       const std::string where = at(path, *node, k);
+      key_at[k] = path + ":" + std::to_string(node->source().begin.line) + ":" +
+                  std::to_string(node->source().begin.column);
       if (!kCaseKeys.count(k)) throw Error(where + ": unknown key in [[case]]");
       if (k == "backends") {
         base.backends = strings(*node, where);
@@ -226,21 +282,38 @@ Scenario load_scenario(const std::string& path) {
         base.params[k] = scalar(k, *node, where);
       }
     }
-    const bool swept_op = std::any_of(sweeps.begin(), sweeps.end(),
-                                      [](const auto& s) { return s.first == "op"; });
-    if (!base.params.contains("op") && !swept_op)
+    const auto swept = [&](const std::string& key) {
+      return std::any_of(sweeps.begin(), sweeps.end(),
+                         [&](const auto& s) { return s.first == key; });
+    };
+    if (!base.params.contains("op") && !swept("op"))
       throw Error(at(path, cnode, "op") + ": [[case]] needs an op");
+    // A recording without `layers` means every layer it holds: an implicit last sweep.
+    const std::string base_op = base.params.value("op", std::string());
+    if (base.input != "synthetic" && base_op != "method" && !base.params.contains("layers") &&
+        !swept("layers")) {
+      ScenarioCase probe = base;
+      for (const auto& [key, values] : sweeps) probe.params[key] = values.front();
+      const std::string tensor =
+          base_op == "expert_statistics" ? "experts.ids" : case_tensor(probe);
+      sweeps.emplace_back("layers",
+                          recording_layers(base.input, tensor, at(path, cnode, "layers")));
+    }
     std::vector<size_t> index(sweeps.size(), 0);
     while (true) {
       ScenarioCase c = base;
-      c.name = prefix.empty() ? base.params.value("op", std::string()) : prefix;
+      // Stable name: the case's name (or its op), then one part per swept key in file order.
+      std::vector<std::string> parts;
+      if (!prefix.empty())
+        parts.push_back(prefix);
+      else if (!base_op.empty())
+        parts.push_back(base_op);
       for (size_t i = 0; i < sweeps.size(); ++i) {
         c.params[sweeps[i].first] = sweeps[i].second[index[i]];
-        const nlohmann::json& v = sweeps[i].second[index[i]];
-        c.name += "/" + (sweeps[i].first == "op" ? v.get<std::string>() : name_part(sweeps[i].first, v));
+        parts.push_back(name_part(sweeps[i].first, sweeps[i].second[index[i]]));
       }
-      if (c.name.front() == '/') c.name.erase(0, 1);  // op swept and no prefix: "quantize/b2"
-      check_case(c);
+      for (const std::string& part : parts) c.name += (c.name.empty() ? "" : "/") + part;
+      check_case(c, key_at);
       if (!names.insert(c.name).second)
         throw Error(base.where + ": key 'name': case name '" + c.name +
                     "' is used twice (give the case a distinct name)");
@@ -265,6 +338,16 @@ bool case_bool(const ScenarioCase& c, const std::string& key, bool fallback) {
 std::string case_string(const ScenarioCase& c, const std::string& key,
                         const std::string& fallback) {
   return c.params.contains(key) ? c.params[key].get<std::string>() : fallback;
+}
+
+std::string case_tensor(const ScenarioCase& c) {
+  const std::string op = case_string(c, "op", "");
+  const std::string fallback = op == "rotate_k" || op == "rotate_quantize"
+                                   ? "k_pre_rope"  // SPEC.md §2: pre-RoPE keys
+                               : op == "rotate_v"     ? "v"
+                               : op == "token_absmax" ? "hidden_in"  // SPEC.md §4
+                                                      : "k";
+  return case_string(c, "tensor", fallback);
 }
 
 }  // namespace kvq

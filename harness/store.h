@@ -30,7 +30,7 @@ struct CaseRecord {
 
 struct CheckRecord {
   std::string backend, reference;
-  std::string status;             // "pass", "fail", "error", "unsupported"
+  std::string status;  // "pass", "fail", "error", "unsupported", "skip" (backend unavailable)
   int64_t mismatches = 0;
   double max_ulp = 0.0;
   double nmse = 0.0;

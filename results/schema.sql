@@ -37,7 +37,7 @@ CREATE TABLE IF NOT EXISTS checks (
   case_id        INTEGER NOT NULL REFERENCES cases(id),
   backend        TEXT NOT NULL,
   reference      TEXT NOT NULL,
-  status         TEXT NOT NULL CHECK (status IN ('pass', 'fail', 'error', 'unsupported')),
+  status         TEXT NOT NULL CHECK (status IN ('pass', 'fail', 'error', 'unsupported', 'skip')),
   mismatches     INTEGER NOT NULL,
   max_ulp        REAL,
   nmse           REAL,

@@ -94,8 +94,8 @@ void require_same(const Quantized& expected, const Quantized& got, const std::st
 void require_same(std::span<const float> expected, std::span<const float> got,
                   const std::string& what) {
   const Comparison c = compare_bitwise(expected, got);
-  INFO(what << ": first mismatch at " << c.first_mismatch << " expected " << c.expected
-            << " got " << c.got);
+  INFO(what << ": first mismatch at " << c.first_mismatch << " expected " << c.expected << " got "
+            << c.got);
   REQUIRE(c.passed());
 }
 
@@ -235,7 +235,8 @@ TEST_CASE("avx: quantize with group sizes that leave tails (G = 48, 7, G > axis)
         const Quantized expected = ref().quantize(x, rows, cols, p);
         for (const Isa& isa : isas()) {
           const std::string what = isa.name + " G" + std::to_string(g) + " b" +
-                                   std::to_string(bits) + (axis == Axis::Token ? " token" : " chan");
+                                   std::to_string(bits) +
+                                   (axis == Axis::Token ? " token" : " chan");
           require_same(expected, isa.backend->quantize(x, rows, cols, p), what);
           require_same(ref().dequantize(expected), isa.backend->dequantize(expected),
                        what + " dequantize");
@@ -290,11 +291,10 @@ TEST_CASE("avx: fused rotate_quantize equals reference_rotate_quantize (F16, F32
             if (t == &bf16 && bits != 4) continue;
             const Quantized expected = reference_rotate_quantize(t->view(), shape, p);
             for (const Isa& isa : isas()) {
-              const std::string what = isa.name + " " + describe(kc) + " rot" +
-                                       std::to_string(static_cast<int>(rotation)) + " b" +
-                                       std::to_string(bits) +
-                                       (axis == Axis::Token ? " token " : " channel ") +
-                                       dtype_name(t->dtype);
+              const std::string what =
+                  isa.name + " " + describe(kc) + " rot" +
+                  std::to_string(static_cast<int>(rotation)) + " b" + std::to_string(bits) +
+                  (axis == Axis::Token ? " token " : " channel ") + dtype_name(t->dtype);
               require_same(expected, isa.backend->rotate_quantize(t->view(), shape, p), what);
             }
           }
@@ -343,7 +343,7 @@ TEST_CASE("avx: expert_statistics equals the reference, ties keep the first toke
   std::vector<float> m(tokens * top_k);
   for (size_t i = 0; i < ids.size(); ++i) {
     ids[i] = static_cast<int32_t>(rng() % (experts - 1));  // expert 15 is never routed
-    m[i] = static_cast<float>(rng() % 50);                  // many ties
+    m[i] = static_cast<float>(rng() % 50);                 // many ties
     arg[i] = static_cast<int32_t>(rng() % 512);
   }
   const auto e = ref().expert_statistics(ids, m, arg, tokens, top_k, experts);
@@ -366,7 +366,8 @@ TEST_CASE("avx: non-finite input and fp16 overflow fail with the reference's err
   big[3] = 1e30f;  // (hi - lo) / 3 overflows fp16
   QuantParams p;
   for (const Isa& isa : isas()) {
-    REQUIRE_THROWS_WITH(isa.backend->quantize(x, 16, 256, p), "x: non-finite value inf at index 1000");
+    REQUIRE_THROWS_WITH(isa.backend->quantize(x, 16, 256, p),
+                        "x: non-finite value inf at index 1000");
     std::string expected;
     try {
       ref().quantize(big, 1, 256, p);

@@ -13,15 +13,25 @@ namespace kvq::avx {
 
 namespace {
 using S = kvq::avx512::Simd;
-uint16_t to_half(float f) { return S::to_half(f); }
-float from_half(uint16_t h) { return S::from_half(h); }
+uint16_t to_half(float f) {
+  return S::to_half(f);
+}
+float from_half(uint16_t h) {
+  return S::from_half(h);
+}
 }  // namespace
 
 const Kernels& avx512_kernels() {
   static const Kernels table = {
-      &fwht_kernel<S>,     &reorder_kernel<S>,        &rotate_kernel<S>,
-      &quantize_kernel<S>, &dequantize_kernel<S>,     &rotate_quantize_kernel<S>,
-      &token_absmax_kernel<S>, &to_half, &from_half,
+      &fwht_kernel<S>,
+      &reorder_kernel<S>,
+      &rotate_kernel<S>,
+      &quantize_kernel<S>,
+      &dequantize_kernel<S>,
+      &rotate_quantize_kernel<S>,
+      &token_absmax_kernel<S>,
+      &to_half,
+      &from_half,
   };
   return table;
 }

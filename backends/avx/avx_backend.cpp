@@ -20,13 +20,15 @@ namespace {
 
 constexpr int64_t kMaxFwhtSize = 32768;  // SPEC.md §1
 
-bool is_fwht_size(int64_t n) { return n >= 2 && n <= kMaxFwhtSize && (n & (n - 1)) == 0; }
+bool is_fwht_size(int64_t n) {
+  return n >= 2 && n <= kMaxFwhtSize && (n & (n - 1)) == 0;
+}
 
 // ---- CPU features and the KVQ_MAX_ISA cap -------------------------------------------------
 
 struct IsaStatus {
-  bool cpu = false;       // the CPU (and OS) support every feature
-  std::string features;   // what was found, or what is missing
+  bool cpu = false;      // the CPU (and OS) support every feature
+  std::string features;  // what was found, or what is missing
 };
 
 IsaStatus probe(const char* const* names, bool (*const* tests)(), int count) {
@@ -41,15 +43,14 @@ IsaStatus probe(const char* const* names, bool (*const* tests)(), int count) {
 const IsaStatus& avx512_status() {
   static const IsaStatus status = [] {
     __builtin_cpu_init();
-    static const char* const names[] = {"avx512f", "avx512bw", "avx512dq", "avx512vl", "fma",
-                                        "f16c"};
-    static bool (*const tests[])() = {
-        [] { return __builtin_cpu_supports("avx512f") != 0; },
-        [] { return __builtin_cpu_supports("avx512bw") != 0; },
-        [] { return __builtin_cpu_supports("avx512dq") != 0; },
-        [] { return __builtin_cpu_supports("avx512vl") != 0; },
-        [] { return __builtin_cpu_supports("fma") != 0; },
-        [] { return __builtin_cpu_supports("f16c") != 0; }};
+    static const char* const names[] = {"avx512f",  "avx512bw", "avx512dq",
+                                        "avx512vl", "fma",      "f16c"};
+    static bool (*const tests[])() = {[] { return __builtin_cpu_supports("avx512f") != 0; },
+                                      [] { return __builtin_cpu_supports("avx512bw") != 0; },
+                                      [] { return __builtin_cpu_supports("avx512dq") != 0; },
+                                      [] { return __builtin_cpu_supports("avx512vl") != 0; },
+                                      [] { return __builtin_cpu_supports("fma") != 0; },
+                                      [] { return __builtin_cpu_supports("f16c") != 0; }};
     return probe(names, tests, 6);
   }();
   return status;
@@ -270,8 +271,8 @@ class AvxBackend final : public Backend {
       throw Error(what + ": " + std::to_string(zeros) + (is_float ? " zeros" : " integer zeros") +
                   " for " + std::to_string(l.group_count) + " groups");
     for (int64_t i = 0; i < l.group_count; ++i) {
-      const bool bad = (q.scale[i] & 0x7C00u) == 0x7C00u ||
-                       (is_float && (q.zero[i] & 0x7C00u) == 0x7C00u);
+      const bool bad =
+          (q.scale[i] & 0x7C00u) == 0x7C00u || (is_float && (q.zero[i] & 0x7C00u) == 0x7C00u);
       if (bad) {
         const int64_t first = l.first_element(i);
         throw Error(what + ": group " + std::to_string(i) + " (row " +
@@ -323,8 +324,8 @@ class AvxBackend final : public Backend {
     if (rot.n > 0) rot.scale = fwht_scale(rot.n);
     const GroupLayout l = group_layout(shape.tokens, shape.channels(), params.quant);
     Quantized q = allocate(shape.tokens, shape.channels(), params.quant, l);
-    const avx::Faults f = k_.rotate_quantize(kv.data, src, rot, quant_spec(l, params.quant),
-                                             outputs(q));
+    const avx::Faults f =
+        k_.rotate_quantize(kv.data, src, rot, quant_spec(l, params.quant), outputs(q));
     if (f.out_of_memory)
       throw_out_of_memory("rotate_quantize",
                           params.quant.axis == Axis::Channel ? l.group * l.cols : l.cols);
@@ -396,10 +397,10 @@ std::vector<BackendEntry> avx_backend_entries() {
   const IsaStatus& s2 = avx2_status();
   const std::string d512 = "AVX-512 + OpenMP, " + s512.features;
   const std::string d2 = "AVX2 + OpenMP, " + s2.features;
-  entries.push_back({"avx512", s512.cpu && cap >= 2,
-                     s512.cpu && cap < 2 ? d512 + "; " + why : d512, &make_avx512});
-  entries.push_back({"avx2", s2.cpu && cap >= 1, s2.cpu && cap < 1 ? d2 + "; " + why : d2,
-                     &make_avx2});
+  entries.push_back({"avx512", s512.cpu && cap >= 2, s512.cpu && cap < 2 ? d512 + "; " + why : d512,
+                     &make_avx512});
+  entries.push_back(
+      {"avx2", s2.cpu && cap >= 1, s2.cpu && cap < 1 ? d2 + "; " + why : d2, &make_avx2});
   return entries;
 }
 

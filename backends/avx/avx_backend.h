@@ -6,8 +6,8 @@
 #include <string>
 #include <vector>
 
-#include "backends/backend.h"
 #include "backends/avx/kernels.h"
+#include "backends/backend.h"
 
 namespace kvq {
 

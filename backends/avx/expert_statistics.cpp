@@ -42,9 +42,8 @@ std::vector<ExpertStat> expert_statistics(std::span<const int32_t> ids,
                 " values and experts.down_absmax " + std::to_string(down_absmax.size()) +
                 ", [tokens, top_k] needs " + std::to_string(n));
   if (!down_argmax.empty() && static_cast<int64_t>(down_argmax.size()) != n)
-    throw Error("expert_statistics: experts.down_argmax has " +
-                std::to_string(down_argmax.size()) + " values, [tokens, top_k] needs " +
-                std::to_string(n));
+    throw Error("expert_statistics: experts.down_argmax has " + std::to_string(down_argmax.size()) +
+                " values, [tokens, top_k] needs " + std::to_string(n));
   require_finite(down_absmax, "experts.down_absmax");
 
   const int64_t chunks = (tokens + kChunkTokens - 1) / kChunkTokens;

@@ -27,16 +27,16 @@ struct QuantSpec {
 struct QuantOut {
   uint8_t* codes = nullptr;
   uint16_t* scale = nullptr;
-  uint16_t* zero = nullptr;      // float zero point (fp16 bits), or null
-  uint8_t* zero_int = nullptr;   // integer zero point, or null
+  uint16_t* zero = nullptr;     // float zero point (fp16 bits), or null
+  uint8_t* zero_int = nullptr;  // integer zero point, or null
 };
 
 // First failing flat indices, -1 when none; each kernel reports the lowest over all threads so
 // errors do not depend on the thread count.
 struct Faults {
-  int64_t bad_input = -1;    // first non-finite input element
-  int64_t bad_rotated = -1;  // first non-finite value after rotation (quantizer input index)
-  int64_t bad_group = -1;    // first group whose scale or zero overflows fp16
+  int64_t bad_input = -1;      // first non-finite input element
+  int64_t bad_rotated = -1;    // first non-finite value after rotation (quantizer input index)
+  int64_t bad_group = -1;      // first group whose scale or zero overflows fp16
   bool out_of_memory = false;  // a thread's scratch buffer could not be allocated
 };
 

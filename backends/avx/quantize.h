@@ -21,8 +21,12 @@ namespace kvq::avx {
 
 // Helpers are static (internal linkage): each ISA unit keeps its own copy.
 
-static inline int64_t stream_bytes_of(int64_t count, int bits) { return (count * bits + 7) / 8; }
-static inline int64_t min_i64(int64_t a, int64_t b) { return a < b ? a : b; }
+static inline int64_t stream_bytes_of(int64_t count, int bits) {
+  return (count * bits + 7) / 8;
+}
+static inline int64_t min_i64(int64_t a, int64_t b) {
+  return a < b ? a : b;
+}
 static inline void keep_first(int64_t& slot, int64_t index) {
   if (index >= 0 && (slot < 0 || index < slot)) slot = index;
 }
@@ -75,8 +79,7 @@ inline typename S::VI group_codes(const float* p, int m, typename S::V vs, typen
   const V u = S::mul(t, vinv);
   V r = S::round_ne(u);
   const V off = S::sub(S::set1(0.5f), S::abs(S::sub(u, r)));
-  if (S::le_lanes(off, S::mul(S::abs(u), S::set1(0x1p-21f))))
-    r = S::round_ne(S::div(t, vs));
+  if (S::le_lanes(off, S::mul(S::abs(u), S::set1(0x1p-21f)))) r = S::round_ne(S::div(t, vs));
   if (int_zero) r = S::add(r, vzp);
   r = S::min(S::max(r, vzero), S::set1(static_cast<float>((1 << B) - 1)));
   typename S::VI q = S::to_int(r);
@@ -336,8 +339,9 @@ Faults quantize_kernel(const float* x, const QuantSpec& spec, const QuantOut& ou
   int64_t bad_input = INT64_MAX, bad_group = INT64_MAX;
   if (!spec.channel_axis) {
     const typename S::VI shifts = S::lane_shifts(spec.bits);
-#pragma omp parallel for schedule(static) reduction(min : bad_input, bad_group) \
-    if (spec.rows * spec.cols > 65536)
+#pragma omp parallel for schedule(static) \
+    reduction(min                         \
+              : bad_input, bad_group) if (spec.rows * spec.cols > 65536)
     for (int64_t r = 0; r < spec.rows; ++r) {
       int64_t bg = -1;
       const int64_t k = quantize_row_token<S>(x + r * spec.cols, r, spec, shifts, out, bg);
@@ -348,8 +352,9 @@ Faults quantize_kernel(const float* x, const QuantSpec& spec, const QuantOut& ou
     const int64_t chunks = (spec.cols + S::W - 1) / S::W;
     const int64_t items = spec.groups_per_line * chunks;
     const int64_t full = spec.full_bytes;
-#pragma omp parallel for schedule(static) reduction(min : bad_input, bad_group) \
-    if (spec.rows * spec.cols > 65536)
+#pragma omp parallel for schedule(static) \
+    reduction(min                         \
+              : bad_input, bad_group) if (spec.rows * spec.cols > 65536)
     for (int64_t it = 0; it < items; ++it) {
       const int64_t rb = it / chunks;
       const int64_t c0 = (it % chunks) * S::W;

@@ -19,7 +19,8 @@ namespace kvq::avx {
 
 // Per-thread scratch, 64-byte aligned (std::aligned_alloc needs a multiple of the alignment).
 static inline float* scratch_floats(int64_t count) {
-  const size_t bytes = (static_cast<size_t>(count > 0 ? count : 1) * sizeof(float) + 63) & ~size_t{63};
+  const size_t bytes =
+      (static_cast<size_t>(count > 0 ? count : 1) * sizeof(float) + 63) & ~size_t{63};
   return static_cast<float*>(std::aligned_alloc(64, bytes));
 }
 
@@ -78,8 +79,7 @@ void reorder_kernel(const float* x, int64_t rows, int64_t cols, const int32_t* p
 
 // Returns false when a thread's scratch row could not be allocated.
 template <class S>
-bool rotate_kernel(const float* x, int64_t rows, int64_t cols, const RowRotation& rot,
-                   float* out) {
+bool rotate_kernel(const float* x, int64_t rows, int64_t cols, const RowRotation& rot, float* out) {
   int oom = 0;
 #pragma omp parallel reduction(max : oom) if (rows * cols > 65536)
   {
@@ -107,8 +107,10 @@ Faults rotate_quantize_kernel(const void* src, Src type, const RowRotation& rot,
   const int64_t cols = spec.cols;
   if (!spec.channel_axis) {
     const typename S::VI shifts = S::lane_shifts(spec.bits);
-#pragma omp parallel reduction(min : bad_input, bad_rotated, bad_group) reduction(max : oom) \
-    if (spec.rows * cols > 65536)
+#pragma omp parallel reduction(min                                  \
+                               : bad_input, bad_rotated, bad_group) \
+    reduction(max                                                   \
+              : oom) if (spec.rows * cols > 65536)
     {
       float* buf = scratch_floats(cols);
       float* tmp = scratch_floats(cols);
@@ -132,8 +134,10 @@ Faults rotate_quantize_kernel(const void* src, Src type, const RowRotation& rot,
     }
   } else {
     const int64_t blocks = spec.groups_per_line;
-#pragma omp parallel reduction(min : bad_input, bad_rotated, bad_group) reduction(max : oom) \
-    if (spec.rows * cols > 65536)
+#pragma omp parallel reduction(min                                  \
+                               : bad_input, bad_rotated, bad_group) \
+    reduction(max                                                   \
+              : oom) if (spec.rows * cols > 65536)
     {
       float* block = scratch_floats(spec.group * cols);
       float* tmp = scratch_floats(cols);

@@ -74,10 +74,10 @@ struct Simd {
   static V fmadd(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
   static V min(V a, V b) { return _mm256_min_ps(a, b); }
   static V max(V a, V b) { return _mm256_max_ps(a, b); }
-  static V abs(V a) {
-    return _mm256_and_ps(a, _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF)));
+  static V abs(V a) { return _mm256_and_ps(a, _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF))); }
+  static V round_ne(V v) {
+    return _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   }
-  static V round_ne(V v) { return _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
   static float reduce_min(V v) {
     __m128 m = _mm_min_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     m = _mm_min_ps(m, _mm_movehl_ps(m, m));
@@ -132,9 +132,7 @@ struct Simd {
     return static_cast<uint16_t>(_mm_extract_epi16(
         _mm_cvtps_ph(_mm_set_ss(f), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), 0));
   }
-  static float from_half(uint16_t h) {
-    return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h)));
-  }
+  static float from_half(uint16_t h) { return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h))); }
   static float round_ne_scalar(float f) {
     return _mm_cvtss_f32(_mm_round_ss(_mm_setzero_ps(), _mm_set_ss(f),
                                       _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
@@ -154,8 +152,8 @@ struct Simd {
   }
   static unsigned half_nonfinite_lanes(VI h) {
     const __m256i e = _mm256_and_si256(h, _mm256_set1_epi32(0x7C00));
-    return static_cast<unsigned>(_mm256_movemask_ps(
-        _mm256_castsi256_ps(_mm256_cmpeq_epi32(e, _mm256_set1_epi32(0x7C00)))));
+    return static_cast<unsigned>(
+        _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(e, _mm256_set1_epi32(0x7C00)))));
   }
 
   static VI to_int(V v) { return _mm256_cvttps_epi32(v); }
@@ -208,11 +206,12 @@ struct Simd {
   template <int B>
   static void pack_block(const VI* q, uint8_t* out) {
     static_assert(B == 1);
-    *out = static_cast<uint8_t>(_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_slli_epi32(q[0], 31))));
+    *out =
+        static_cast<uint8_t>(_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_slli_epi32(q[0], 31))));
   }
   static void store_bytes_n(uint8_t* out, VI codes, int n) {
     const __m256i w = _mm256_packus_epi32(codes, codes);  // c0-3 c0-3 | c4-7 c4-7 (16-bit)
-    const __m256i b = _mm256_packus_epi16(w, w);            // bytes 0-3: c0-3, 16-19: c4-7
+    const __m256i b = _mm256_packus_epi16(w, w);          // bytes 0-3: c0-3, 16-19: c4-7
     const auto lo = static_cast<uint32_t>(_mm_cvtsi128_si32(_mm256_castsi256_si128(b)));
     const auto hi = static_cast<uint32_t>(_mm256_extract_epi32(b, 4));
     const uint64_t bytes = static_cast<uint64_t>(lo) | (static_cast<uint64_t>(hi) << 32);

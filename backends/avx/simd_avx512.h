@@ -13,8 +13,8 @@
 namespace kvq::avx512 {
 
 struct Simd {
-  static constexpr int W = 16;     // fp32 lanes per vector
-  static constexpr int kRegVectors = 32;  // fwht blocks up to W * 32 values stay in registers
+  static constexpr int W = 16;               // fp32 lanes per vector
+  static constexpr int kRegVectors = 32;     // fwht blocks up to W * 32 values stay in registers
   static constexpr bool kFastGather = true;  // vgatherdps worth using for permutations
   using V = __m512;
   using VI = __m512i;
@@ -63,9 +63,7 @@ struct Simd {
     return _mm512_test_epi32_mask(i, i) != 0;
   }
   // Lanes of v equal to 0 (either sign), as a bit mask.
-  static unsigned zero_lanes(V v) {
-    return _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_EQ_OQ);
-  }
+  static unsigned zero_lanes(V v) { return _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_EQ_OQ); }
   static float lane(V v, int i) {
     alignas(64) float t[W];
     _mm512_store_ps(t, v);
@@ -104,17 +102,14 @@ struct Simd {
     return static_cast<uint16_t>(_mm_extract_epi16(
         _mm_cvtps_ph(_mm_set_ss(f), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), 0));
   }
-  static float from_half(uint16_t h) {
-    return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h)));
-  }
+  static float from_half(uint16_t h) { return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h))); }
   static float round_ne_scalar(float f) {
     return _mm_cvtss_f32(_mm_round_ss(_mm_setzero_ps(), _mm_set_ss(f),
                                       _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
   }
   // Vector fp16 round trip per lane: scale16/zero16 bits and their fp32 values.
   static VI to_half_bits(V v) {
-    return _mm512_cvtepu16_epi32(
-        _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    return _mm512_cvtepu16_epi32(_mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
   }
   static V from_half_bits(VI h) { return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(h)); }
   static void store_half_bits_n(uint16_t* p, VI h, int n) {
@@ -151,7 +146,9 @@ struct Simd {
   static unsigned gt_lanes(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ); }
   static void store_i(int32_t* p, VI v) { _mm512_storeu_si512(p, v); }
   static VI load_i(const int32_t* p) { return _mm512_loadu_si512(p); }
-  static VI iota() { return _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0); }
+  static VI iota() {
+    return _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+  }
   static VI addi(VI a, VI b) { return _mm512_add_epi32(a, b); }
 
   // Packs W codes of `bits` <= 4 bits (lane shifts from lane_shifts) into a little-endian
@@ -201,8 +198,8 @@ struct Simd {
   static VI unpack(uint64_t stream, VI shifts, int bits) {
     const auto lo = static_cast<int32_t>(stream & ((uint64_t{1} << (8 * bits)) - 1));
     const auto hi = static_cast<int32_t>(stream >> (8 * bits));
-    const __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi32(lo)),
-                                         _mm256_set1_epi32(hi), 1);
+    const __m512i v =
+        _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi32(lo)), _mm256_set1_epi32(hi), 1);
     return _mm512_and_si512(_mm512_srlv_epi32(v, shifts), _mm512_set1_epi32((1 << bits) - 1));
   }
   static VI load_bytes_n(const uint8_t* in, int n) {

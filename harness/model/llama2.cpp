@@ -34,6 +34,14 @@ int64_t checked_mul(int64_t a, int64_t b, const std::string& path) {
   return a * b;
 }
 
+// a + b for element counts (a, b >= 0), kept below max / 4 like checked_mul, so that a hostile
+// header cannot overflow the sum of the tensor sizes either (signed overflow is UB).
+int64_t checked_add(int64_t a, int64_t b, const std::string& path) {
+  if (b > std::numeric_limits<int64_t>::max() / 4 - a)
+    throw Error("checkpoint " + path + ": header dimensions overflow the weight count");
+  return a + b;
+}
+
 // out[rows] = w[rows, cols] * x[cols]
 void matvec(const float* w, int64_t rows, int64_t cols, const float* x, float* out) {
   VectorMap(out, rows).noalias() = ConstMatrixMap(w, rows, cols) * ConstVectorMap(x, cols);
@@ -146,7 +154,7 @@ Model Model::load(const std::string& path) {
   const int64_t embedding = checked_mul(c.vocab_size, dim, path);
   const int64_t rope_tables = checked_mul(c.seq_len, c.head_dim(), path);  // 2 x seq_len * d/2
   int64_t total = embedding + dim + rope_tables + (c.shared_classifier ? 0 : embedding);
-  for (int64_t n : per_layer) total += checked_mul(L, n, path);
+  for (int64_t n : per_layer) total = checked_add(total, checked_mul(L, n, path), path);
   const int64_t expected = kHeaderInts * 4 + checked_mul(total, 4, path);
   if (expected != actual)
     throw Error("checkpoint " + path + ": file has " + std::to_string(actual) +

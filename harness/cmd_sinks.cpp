@@ -1,0 +1,103 @@
+// `kvq sinks REC.safetensors [--format table|csv|json] [--db PATH] [--tau-mass X] [--pfn 1,4]
+// [--tau-abs X] [--tau-rel X] [--tau-k X] [--top N]`: scores PFN, massive-activation sinks,
+// pivot tokens and KVSink against the attention-mass ground truth of the recording
+// (harness/sink_study.h).
+#include <boost/program_options.hpp>
+#include <cstdio>
+#include <iostream>
+#include <sstream>
+#include <string>
+
+#include "harness/commands.h"
+#include "harness/safetensors.h"
+#include "harness/sink_study.h"
+#include "harness/store.h"
+#include "reference/error.h"
+
+namespace kvq {
+
+namespace {
+
+std::vector<int64_t> parse_list(const std::string& text, const char* option) {
+  std::vector<int64_t> out;
+  std::stringstream in(text);
+  std::string item;
+  while (std::getline(in, item, ',')) {
+    size_t used = 0;
+    int64_t v = 0;
+    try {
+      v = std::stoll(item, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used == 0 || used != item.size())
+      throw Error(std::string("--") + option + ": '" + item + "' is not an integer (in '" + text +
+                  "')");
+    out.push_back(v);
+  }
+  if (out.empty()) throw Error(std::string("--") + option + ": empty list");
+  return out;
+}
+
+}  // namespace
+
+int cmd_sinks(int argc, char** argv) {
+  namespace po = boost::program_options;
+  SinkStudyParams p;
+  std::string recording, format = "table", db, pfn = "1,4";
+  po::options_description options(
+      "kvq sinks REC.safetensors [options]\n\nScores the sink predictors of SPEC.md §4 (PFN, "
+      "massive activations, pivot tokens, KVSink) against the attention-mass ground truth "
+      "recomputed in fp64 from the recording's q and k, and against planted sinks when its "
+      "metadata has sink_tokens.\n\nOptions");
+  options.add_options()("help,h", "this help")(
+      "format", po::value(&format)->default_value(format), "table | csv | json")(
+      "db", po::value(&db)->default_value(db), "results database (SQLite); empty: do not write")(
+      "tau-mass", po::value(&p.tau_mass)->default_value(p.tau_mass),
+      "ground truth: j is a sink if score_j >= this")(
+      "pfn", po::value(&pfn)->default_value(pfn), "PFN sizes N, comma-separated")(
+      "tau-abs", po::value(&p.massive.tau_abs)->default_value(p.massive.tau_abs),
+      "massive if max|h| >= this (SPEC.md §4; also finds KVSink's l*, C*)")(
+      "tau-rel", po::value(&p.massive.tau_rel)->default_value(p.massive.tau_rel),
+      "and max|h| >= this x the median token")(
+      "tau-k", po::value(&p.kvsink.tau_k)->default_value(p.kvsink.tau_k),
+      "KVSink: sink if max over C* >= this x the median")(
+      "top", po::value(&p.top)->default_value(p.top), "print the scores of the top N tokens");
+  po::options_description hidden;
+  hidden.add_options()("recording", po::value(&recording));
+  po::positional_options_description positional;
+  positional.add("recording", 1);
+  po::options_description all;
+  all.add(options).add(hidden);
+  po::variables_map vm;
+  try {
+    po::store(po::command_line_parser(argc, argv).options(all).positional(positional).run(), vm);
+    po::notify(vm);
+  } catch (const po::error& e) {
+    throw Error(e.what());
+  }
+  if (vm.count("help")) {
+    std::cout << options << "\n";
+    return 0;
+  }
+  if (recording.empty()) throw Error("missing the recording (kvq sinks REC.safetensors)");
+  if (format != "table" && format != "csv" && format != "json")
+    throw Error("--format must be table, csv or json (got '" + format + "')");
+  p.pfn = parse_list(pfn, "pfn");
+
+  const SafetensorsFile file = SafetensorsFile::open(recording);
+  const SinkStudy study = run_sink_study(file, p);
+  print_sink_study(std::cout, study, format);
+  if (!db.empty()) {
+    std::string command = "kvq sinks";
+    for (int i = 1; i < argc; ++i) command += std::string(" ") + argv[i];
+    Store store(db);
+    const int64_t run = store_sink_study(store, study, command);
+    std::cout.flush();
+    std::fprintf(stderr, "sinks: run %lld (%zu cases) written to %s\n",
+                 static_cast<long long>(run), study.predictors.size(), db.c_str());
+  }
+  return 0;
+}
+
+}  // namespace kvq

@@ -1,0 +1,234 @@
+// The `kvq` binary as a user meets it ($KVQ_BIN, set by tests/meson.build): exit statuses (0 ok,
+// 1 a failed gate, 2 bad input), one-line errors on stderr, help for every subcommand, and the
+// run -> report round trip through SQLite.
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "harness/cli.h"
+
+namespace fs = std::filesystem;
+using Catch::Matchers::Contains;
+using Catch::Matchers::StartsWith;
+
+namespace {
+
+fs::path fresh_dir(const std::string& name) {
+  const fs::path dir =
+      fs::temp_directory_path() / ("kvq_test_cli_" + std::to_string(::getpid())) / name;
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir;
+}
+
+std::string read_file(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+std::string quote(const std::string& s) {
+  std::string out = "'";
+  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
+struct Result {
+  int status = -1;
+  std::string out, err;
+  std::vector<std::string> err_lines() const {
+    std::vector<std::string> lines;
+    std::istringstream in(err);
+    for (std::string line; std::getline(in, line);) lines.push_back(line);
+    return lines;
+  }
+};
+
+// Runs `$KVQ_BIN ARGS` in `dir` with stdout and stderr captured to files there.
+Result run_kvq(const fs::path& dir, const std::vector<std::string>& args) {
+  const char* bin = std::getenv("KVQ_BIN");
+  REQUIRE(bin != nullptr);  // set by meson test
+  std::string command = "cd " + quote(dir.string()) + " && " + quote(bin);
+  for (const std::string& a : args) command += " " + quote(a);
+  command += " >" + quote((dir / "out.txt").string()) + " 2>" + quote((dir / "err.txt").string());
+  const int raw = std::system(command.c_str());
+  Result r;
+  r.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
+  r.out = read_file(dir / "out.txt");
+  r.err = read_file(dir / "err.txt");
+  return r;
+}
+
+void write(const fs::path& path, const std::string& text) {
+  std::ofstream(path) << text;
+}
+
+const char* kPassing = R"([scenario]
+backends = ["ref"]
+
+[[case]]
+op = "fwht"
+tokens = 3
+n = [4, 16]
+
+[[case]]
+op = "quantize"
+tokens = 9
+heads = 2
+head_dim = 8
+bits = [2, 4]
+group = 8
+)";
+
+// SPEC.md §7's attention is within 1e-3 of the fp64 oracle, never bit-equal to it everywhere:
+// a zero tolerance must make the gate fail.
+const char* kFailing = R"([[case]]
+op = "attention_decode"
+tokens = 64
+heads = 2
+head_dim = 16
+q_heads = 4
+bits = 2
+group = 16
+tolerance = 0.0
+backends = ["ref"]
+)";
+
+}  // namespace
+
+TEST_CASE("cli: --help lists every subcommand with an example and exits 0") {
+  const Result r = run_kvq(fresh_dir("help"), {"--help"});
+  CHECK(r.status == 0);
+  for (const kvq::Subcommand& sub : kvq::subcommands()) {
+    CHECK_THAT(r.out, Contains(std::string("  ") + sub.name + " "));
+    CHECK_THAT(r.out, Contains(sub.example));
+  }
+}
+
+TEST_CASE("cli: SUBCOMMAND --help exits 0 for run, gate, report and backends") {
+  const fs::path dir = fresh_dir("subhelp");
+  for (const char* sub : {"run", "gate", "report", "backends"}) {
+    const Result r = run_kvq(dir, {sub, "--help"});
+    INFO(sub << ": " << r.err);
+    CHECK(r.status == 0);
+    CHECK_THAT(r.out, Contains(std::string("kvq ") + sub));
+  }
+}
+
+TEST_CASE("cli: an unknown subcommand exits 2 with one line listing the subcommands") {
+  const Result r = run_kvq(fresh_dir("unknown"), {"frobnicate"});
+  CHECK(r.status == 2);
+  REQUIRE(r.err_lines().size() == 1);
+  CHECK_THAT(r.err, StartsWith("kvq: unknown subcommand 'frobnicate'"));
+  CHECK_THAT(r.err, Contains(" run "));
+  CHECK_THAT(r.err, Contains(" gate "));
+  CHECK(run_kvq(fresh_dir("none"), {}).status == 2);
+}
+
+TEST_CASE("cli: a malformed scenario exits 2 with one line naming file:line and the key") {
+  const fs::path dir = fresh_dir("malformed");
+  write(dir / "bad.toml", "[[case]]\nop = \"quantize\"\nbits = 5\n");
+  for (const char* sub : {"run", "gate"}) {
+    const Result r = run_kvq(dir, {sub, "bad.toml", "--db", "kvq.db"});
+    INFO(r.err);
+    CHECK(r.status == 2);
+    REQUIRE(r.err_lines().size() == 1);
+    CHECK_THAT(r.err, StartsWith("kvq: bad.toml:3:"));
+    CHECK_THAT(r.err, Contains("'bits'"));
+  }
+  // Nothing ran, so nothing was written.
+  CHECK_FALSE(fs::exists(dir / "kvq.db"));
+}
+
+TEST_CASE("cli: an unknown option or backend exits 2 with one line") {
+  const fs::path dir = fresh_dir("badopt");
+  write(dir / "s.toml", kPassing);
+  Result r = run_kvq(dir, {"run", "s.toml", "--no-such-option"});
+  CHECK(r.status == 2);
+  CHECK(r.err_lines().size() == 1);
+  CHECK_THAT(r.err, Contains("no-such-option"));
+  r = run_kvq(dir, {"run", "s.toml", "--backends", "ref,warp9", "--db", "kvq.db"});
+  CHECK(r.status == 2);
+  CHECK(r.err_lines().size() == 1);
+  CHECK_THAT(r.err, Contains("warp9"));
+}
+
+TEST_CASE("cli: gate exits 0 on a passing scenario and 1 on a failing one, with the repro") {
+  const fs::path dir = fresh_dir("gate");
+  write(dir / "pass.toml", kPassing);
+  write(dir / "fail.toml", kFailing);
+  const Result pass = run_kvq(dir, {"gate", "pass.toml", "--db", "kvq.db"});
+  INFO(pass.out << pass.err);
+  CHECK(pass.status == 0);
+  CHECK_THAT(pass.out, Contains("fwht/n16"));
+  CHECK_THAT(pass.out, Contains("PASS"));
+
+  const Result fail = run_kvq(dir, {"gate", "fail.toml", "--db", "kvq.db"});
+  INFO(fail.out << fail.err);
+  CHECK(fail.status == 1);
+  CHECK_THAT(fail.out, Contains("FAIL"));
+  CHECK_THAT(fail.out, Contains("Failing checks (1)"));
+  CHECK_THAT(fail.out, Contains("attention_decode [ref]: first mismatch at values["));
+  CHECK_THAT(fail.out, Contains("repro: kvq run fail.toml --filter '^attention_decode$' "
+                                "--backends ref"));
+  // `run` reports the same failure but exits 0: only the gate turns it into a status.
+  CHECK(run_kvq(dir, {"run", "fail.toml", "--db", "kvq.db"}).status == 0);
+}
+
+TEST_CASE("cli: report reads the last run back as table, csv and json") {
+  const fs::path dir = fresh_dir("report");
+  write(dir / "s.toml", kPassing);
+  REQUIRE(run_kvq(dir, {"run", "s.toml", "--db", "results/kvq.db"}).status == 0);
+
+  const Result table = run_kvq(dir, {"report", "--db", "results/kvq.db"});
+  CHECK(table.status == 0);
+  CHECK_THAT(table.out, StartsWith("case"));
+  CHECK_THAT(table.out, Contains("quantize/b4"));
+
+  // The default database is results/kvq.db relative to the working directory.
+  const Result csv = run_kvq(dir, {"report", "last_run", "--format", "csv"});
+  CHECK(csv.status == 0);
+  std::istringstream lines(csv.out);
+  std::string header;
+  std::getline(lines, header);
+  CHECK(header == "case,backend,status,max_ulp,nmse,time,time_unit");
+  int rows = 0;
+  for (std::string line; std::getline(lines, line);)
+    rows += line.rfind("fwht/", 0) == 0 || line.rfind("quantize/", 0) == 0;
+  CHECK(rows == 4);  // 4 cases x backend ref
+
+  const Result json = run_kvq(
+      dir, {"report", "--format", "json", "--sql", "SELECT name, op FROM cases ORDER BY id"});
+  REQUIRE(json.status == 0);
+  const nlohmann::json parsed = nlohmann::json::parse(json.out);
+  REQUIRE(parsed.size() == 4);
+  CHECK(parsed[0]["name"] == "fwht/n4");
+  CHECK(parsed[3]["op"] == "quantize");
+
+  const Result list = run_kvq(dir, {"report", "--list"});
+  CHECK(list.status == 0);
+  CHECK_THAT(list.out, Contains("last_run"));
+  CHECK_THAT(list.out, Contains("failing"));
+
+  const Result unknown = run_kvq(dir, {"report", "no_such_report"});
+  CHECK(unknown.status == 2);
+  CHECK_THAT(unknown.err, Contains("no_such_report"));
+  const Result nodb = run_kvq(dir, {"report", "--db", "missing.db"});
+  CHECK(nodb.status == 2);
+  CHECK_FALSE(fs::exists(dir / "missing.db"));
+}
+
+TEST_CASE("cli: backends lists the reference as available") {
+  const Result r = run_kvq(fresh_dir("backends"), {"backends"});
+  CHECK(r.status == 0);
+  CHECK_THAT(r.out, Contains("ref"));
+  CHECK_THAT(r.out, Contains("yes"));
+}

@@ -1,0 +1,261 @@
+// Scenario loader (docs/scenario-format.md): sweep expansion, stable names, and one kvq::Error
+// naming FILE:LINE and the key for every kind of malformed input.
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "harness/safetensors.h"
+#include "harness/scenario.h"
+#include "reference/error.h"
+
+namespace fs = std::filesystem;
+using Catch::Matchers::Contains;
+
+namespace {
+
+// A fresh folder per test case; files are written into it by the test itself.
+fs::path fresh_dir(const std::string& name) {
+  const fs::path dir =
+      fs::temp_directory_path() / ("kvq_test_scenario_" + std::to_string(::getpid())) / name;
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir;
+}
+
+std::string write_file(const fs::path& dir, const std::string& name, const std::string& text) {
+  const fs::path path = dir / name;
+  std::ofstream(path) << text;
+  return path.string();
+}
+
+std::vector<std::string> names(const kvq::Scenario& s) {
+  std::vector<std::string> out;
+  for (const kvq::ScenarioCase& c : s.cases) out.push_back(c.name);
+  return out;
+}
+
+// Loads `text` as bad.toml and returns the error message (fails the test when none is thrown).
+std::string load_error(const std::string& test, const std::string& text) {
+  const std::string path = write_file(fresh_dir(test), "bad.toml", text);
+  try {
+    kvq::load_scenario(path);
+  } catch (const kvq::Error& e) {
+    return e.what();
+  }
+  FAIL("no kvq::Error for " << test);
+  return "";
+}
+
+// The message names the file and the line, and the key.
+void check_names(const std::string& message, const std::string& test, int line,
+                 const std::string& key) {
+  INFO(message);
+  const std::string file = (fresh_dir(test) / "bad.toml").string();
+  CHECK_THAT(message, Contains(file + ":" + std::to_string(line) + ":"));
+  CHECK_THAT(message, Contains(key));
+}
+
+}  // namespace
+
+TEST_CASE("scenario: sweeps expand to the cartesian product in file key order") {
+  const fs::path dir = fresh_dir("good");
+  const std::string path = write_file(dir, "good.toml", R"([scenario]
+name = "good"
+description = "two cases"
+backends = ["ref"]
+
+[[case]]
+op = ["quantize", "dequantize"]
+tokens = 7
+bits = [2, 4]
+axis = ["token", "channel"]
+
+[[case]]
+name = "rot"
+op = "rotate_k"
+head_dim = [64, 128]
+heads = 8
+head_group = 4
+reorder = false
+
+[[case]]
+op = "fwht"
+n = 16
+)");
+  const kvq::Scenario s = kvq::load_scenario(path);
+  CHECK(s.name == "good");
+  CHECK(s.description == "two cases");
+  CHECK(s.reference == "ref");
+  CHECK(s.backends == std::vector<std::string>{"ref"});
+  // 2 ops x 2 bits x 2 axes, then 2 head_dims, then one unswept case; the last key varies fastest.
+  CHECK(names(s) == std::vector<std::string>{"quantize/b2/token", "quantize/b2/channel",
+                                             "quantize/b4/token", "quantize/b4/channel",
+                                             "dequantize/b2/token", "dequantize/b2/channel",
+                                             "dequantize/b4/token", "dequantize/b4/channel",
+                                             "rot/d64", "rot/d128", "fwht"});
+  const kvq::ScenarioCase& c = s.cases[5];
+  CHECK(c.params["op"] == "dequantize");
+  CHECK(c.params["bits"] == 2);
+  CHECK(c.params["axis"] == "channel");
+  CHECK(c.params["tokens"] == 7);
+  CHECK(c.input == "synthetic");
+  CHECK_THAT(c.where, Contains(path + ":6"));
+  CHECK(kvq::case_int(c, "bits", 0) == 2);
+  CHECK(kvq::case_int(c, "group", 128) == 128);  // absent: the fallback
+  CHECK(kvq::case_string(c, "axis", "token") == "channel");
+  CHECK(kvq::case_bool(s.cases[8], "reorder", true) == false);
+  CHECK(s.cases[8].params["head_dim"] == 64);
+  // Loading twice gives the same names: they are stable identifiers in the results store.
+  CHECK(names(kvq::load_scenario(path)) == names(s));
+}
+
+TEST_CASE("scenario: name defaults to the file stem; backends per case override") {
+  const fs::path dir = fresh_dir("stem");
+  const std::string path = write_file(dir, "my-stem.toml", R"([[case]]
+op = "fwht"
+n = [2, 4]
+backends = ["ref", "avx2"]
+tolerance = 0
+)");
+  const kvq::Scenario s = kvq::load_scenario(path);
+  CHECK(s.name == "my-stem");
+  CHECK(s.backends.empty());
+  REQUIRE(names(s) == std::vector<std::string>{"fwht/n2", "fwht/n4"});
+  CHECK(s.cases[1].backends == std::vector<std::string>{"ref", "avx2"});
+  CHECK(kvq::case_double(s.cases[1], "tolerance", 1.0) == 0.0);
+}
+
+TEST_CASE("scenario: a recording without layers sweeps every layer it holds") {
+  const fs::path dir = fresh_dir("recording");
+  std::vector<float> data(2 * 1 * 4, 1.0f);
+  const kvq::TensorView view{data.data(), kvq::DType::F32, {2, 1, 4}};
+  kvq::write_safetensors((dir / "rec.safetensors").string(),
+                         {{"layers.0.k", view}, {"layers.1.k", view}, {"layers.2.k", view}}, {});
+  const std::string path = write_file(dir, "rec.toml", R"([[case]]
+op = "quantize"
+input = "rec.safetensors"
+bits = [2, 4]
+)");
+  const kvq::Scenario s = kvq::load_scenario(path);
+  CHECK(names(s) == std::vector<std::string>{"quantize/b2/L0", "quantize/b2/L1", "quantize/b2/L2",
+                                             "quantize/b4/L0", "quantize/b4/L1", "quantize/b4/L2"});
+  // The path is resolved against the scenario's folder.
+  CHECK(fs::equivalent(s.cases[0].input, dir / "rec.safetensors"));
+}
+
+TEST_CASE("scenario: TOML syntax error names file:line") {
+  const std::string m = load_error("syntax", "[[case]]\nop = \"fwht\"\nn = [2, 4\n");
+  // toml++ reports where the array went wrong; the message carries the line's text (its key).
+  check_names(m, "syntax", 3, "n = [2, 4");
+}
+
+TEST_CASE("scenario: unknown key in [[case]] names file:line and key") {
+  const std::string m = load_error("case_key", "[[case]]\nop = \"fwht\"\nsize = 4\n");
+  check_names(m, "case_key", 3, "'size'");
+  CHECK_THAT(m, Contains("unknown key"));
+}
+
+TEST_CASE("scenario: unknown key in [scenario] names file:line and key") {
+  const std::string m =
+      load_error("scenario_key", "[scenario]\nname = \"x\"\nrefrence = \"ref\"\n");
+  check_names(m, "scenario_key", 3, "'refrence'");
+  CHECK_THAT(m, Contains("unknown key"));
+}
+
+TEST_CASE("scenario: wrong type names file:line and key") {
+  const std::string m = load_error("type", "[[case]]\nop = \"quantize\"\n\nbits = \"two\"\n");
+  check_names(m, "type", 4, "'bits'");
+  CHECK_THAT(m, Contains("integer"));
+}
+
+TEST_CASE("scenario: bits = 5 is rejected, also inside a sweep") {
+  check_names(load_error("bits5", "[[case]]\nop = \"quantize\"\nbits = 5\n"), "bits5", 3, "'bits'");
+  check_names(load_error("bits5s", "[[case]]\nop = \"quantize\"\nbits = [2, 5]\n"), "bits5s", 3,
+              "'bits'");
+}
+
+TEST_CASE("scenario: group = 0 is rejected") {
+  check_names(load_error("group0", "[[case]]\nop = \"quantize\"\ngroup = 0\n"), "group0", 3,
+              "'group'");
+}
+
+TEST_CASE("scenario: fwht n = 100 is rejected (not a power of two)") {
+  const std::string m = load_error("n100", "[[case]]\nop = \"fwht\"\nn = 100\n");
+  check_names(m, "n100", 3, "'n'");
+  CHECK_THAT(m, Contains("100"));
+}
+
+TEST_CASE("scenario: rotate_k with head_group * head_dim not a power of two is rejected") {
+  // 3 * 64 = 192; heads = 6 is divisible by 3, so only the power-of-two rule is broken.
+  const std::string m =
+      load_error("hg", "[[case]]\nop = \"rotate_k\"\nheads = 6\nhead_dim = 64\nhead_group = 3\n");
+  check_names(m, "hg", 5, "'head_group'");
+  CHECK_THAT(m, Contains("192"));
+}
+
+TEST_CASE("scenario: a missing recording file is named") {
+  const std::string m =
+      load_error("norec", "[[case]]\nop = \"quantize\"\ninput = \"absent.safetensors\"\n");
+  check_names(m, "norec", 3, "'input'");
+  CHECK_THAT(m, Contains("absent.safetensors"));
+}
+
+TEST_CASE("scenario: duplicate case names are rejected") {
+  const std::string m = load_error(
+      "dup", "[[case]]\nop = \"fwht\"\nn = 4\n\n[[case]]\nname = \"fwht\"\nop = \"fwht\"\nn = 8\n");
+  check_names(m, "dup", 5, "'name'");
+  CHECK_THAT(m, Contains("'fwht'"));
+}
+
+TEST_CASE("scenario: a case without op is rejected") {
+  const std::string m = load_error("noop", "[[case]]\nop = \"fwht\"\n\n[[case]]\nbits = 2\n");
+  check_names(m, "noop", 4, "'op'");
+}
+
+TEST_CASE("scenario: an unknown op is rejected") {
+  const std::string m = load_error("badop", "[[case]]\nop = \"fwht2\"\n");
+  check_names(m, "badop", 2, "'op'");
+  CHECK_THAT(m, Contains("fwht2"));
+}
+
+TEST_CASE("scenario: op = method without a method is rejected") {
+  const std::string m = load_error("nomethod", "[[case]]\nop = \"method\"\nbits = 2\n");
+  check_names(m, "nomethod", 1, "'method'");
+}
+
+TEST_CASE("scenario: gate = tolerance on a bit-exact op is rejected at the gate key") {
+  const std::string m =
+      load_error("tolgate", "[[case]]\nop = \"quantize\"\nbits = 2\ngate = \"tolerance\"\n");
+  check_names(m, "tolgate", 4, "'gate'");
+  CHECK_THAT(m, Contains("attention_decode"));
+}
+
+TEST_CASE("scenario: swept numbers get their key's prefix in the case name") {
+  const fs::path dir = fresh_dir("prefixes");
+  const std::string path = write_file(dir, "p.toml", R"([[case]]
+op = "expert_statistics"
+experts = [8, 16]
+top_k = [1, 2]
+
+[[case]]
+op = "attention_decode"
+q_heads = 16
+tolerance = [0.0, 0.001]
+)");
+  CHECK(names(kvq::load_scenario(path)) ==
+        std::vector<std::string>{"expert_statistics/E8/k1", "expert_statistics/E8/k2",
+                                 "expert_statistics/E16/k1", "expert_statistics/E16/k2",
+                                 "attention_decode/tol0.0", "attention_decode/tol0.001"});
+}
+
+TEST_CASE("scenario: q_heads must be a multiple of heads and top_k at most experts") {
+  check_names(
+      load_error("qheads", "[[case]]\nop = \"attention_decode\"\nheads = 8\nq_heads = 12\n"),
+      "qheads", 4, "'q_heads'");
+  check_names(load_error("topk", "[[case]]\nop = \"expert_statistics\"\nexperts = 2\ntop_k = 3\n"),
+              "topk", 4, "'top_k'");
+}
