@@ -5,7 +5,9 @@
 #include <exception>
 #include <string>
 
+#include "backends/backend.h"
 #include "harness/commands.h"
+#include "harness/store.h"
 #include "reference/error.h"
 
 namespace kvq {
@@ -56,6 +58,13 @@ void print_usage(std::FILE* out) {
                "names the file, line, key or tensor).\n");
 }
 
+// Runs record the GPU they ran on: the detail of an available GPU backend ("" when none).
+std::string registry_gpu_name() {
+  for (const BackendEntry& entry : backend_registry())
+    if (entry.name == "cuda" && entry.available) return entry.detail;
+  return "";
+}
+
 void print_error(std::string message) {
   for (char& c : message)
     if (c == '\n' || c == '\r') c = ' ';
@@ -70,6 +79,7 @@ std::span<const Subcommand> subcommands() {
 }
 
 int cli_main(int argc, char** argv) {
+  set_gpu_name_provider(&registry_gpu_name);
   if (argc < 2) {
     print_usage(stderr);
     return 2;

@@ -2,9 +2,9 @@
 // (token axis, values in global memory) and rotate_quantize.cu (values in shared memory, read
 // through the reorder permutation). `at(k)` returns element k of the group.
 //
-// Bit-exactness: min and max are reduced as (value, index) pairs so that, as in the reference's
-// std::min/std::max scan, the first element in group order equal to the extreme is kept (this
-// decides the sign of a zero lo or hi); every other step uses the correctly rounded intrinsics
+// Bit-exactness: min and max are exact in any order except for the sign of a zero extreme,
+// which the reference's std::min/std::max scan takes from the first zero in group order; the
+// warp reduces values, then settles that sign when an extreme is zero. Every other step uses the correctly rounded intrinsics
 // (__fmul_rn, __fsub_rn, __fdiv_rn, rintf = round half to even) and __float2half_rn, which is
 // the round-to-nearest-even conversion of reference/half.h (overflow -> inf). The division
 // u = t / s is the one expensive step; codes only need rne(u), so the float zero-point path
@@ -33,15 +33,14 @@ __device__ __forceinline__ uint32_t clamp_code(float v, float maxq) {
   return static_cast<uint32_t>(v);
 }
 
-// Float zero point: clamp(rne((x - z) / s)), s != 0 (see the header comment for the shortcut).
+// Float zero point: clamp(rne((x - z) / s)), s != 0 (see the header comment for the shortcut:
+// |qa - rne(qa)| is exact, and only a value within 2^-10 of 0.5 can round differently).
 __device__ __forceinline__ uint32_t float_code(float x, float z, float s, float inv_s,
                                                float maxq) {
   const float t = __fsub_rn(x, z);
   const float qa = __fmul_rn(t, inv_s);
-  if (qa < -1.0f) return 0u;
-  if (qa > maxq + 1.0f) return static_cast<uint32_t>(maxq);
-  const float frac = __fsub_rn(qa, floorf(qa));
-  if (fabsf(__fsub_rn(frac, 0.5f)) > 0x1p-10f) return clamp_code(rintf(qa), maxq);
+  const float r = rintf(qa);
+  if (fabsf(__fsub_rn(qa, r)) < 0.5f - 0x1p-10f) return clamp_code(r, maxq);
   return clamp_code(rintf(__fdiv_rn(t, s)), maxq);
 }
 
@@ -51,6 +50,81 @@ struct GroupParams {
   bool int_zero_point;
 };
 
+// A full group of 128 with b in {1, 2, 4, 8}: lane l owns elements 4l .. 4l+3 in registers, so
+// min/max, codes and packing are straight-line code (4 b bits per lane, written as one store
+// for b >= 2; b = 1 pairs two lanes' nibbles). Same arithmetic as the general path.
+template <int kBits, class At>
+__device__ bool quantize_full_group(At at, const GroupParams& p, uint8_t* out,
+                                    uint16_t* scale_out, uint16_t* zero_out, uint8_t* zi_out) {
+  const int lane = static_cast<int>(threadIdx.x & 31u);
+  float v[4];
+#pragma unroll
+  for (int j = 0; j < 4; ++j) v[j] = at(4 * lane + j);
+  float lo = fminf(fminf(v[0], v[1]), fminf(v[2], v[3]));
+  float hi = fmaxf(fmaxf(v[0], v[1]), fmaxf(v[2], v[3]));
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) {
+    lo = fminf(lo, __shfl_xor_sync(0xFFFFFFFFu, lo, off));
+    hi = fmaxf(hi, __shfl_xor_sync(0xFFFFFFFFu, hi, off));
+  }
+  if (lo == 0.0f || hi == 0.0f) {  // warp-uniform: the sign of the first zero in group order
+    int first = 0x7FFFFFFF;
+    float sign = 0.0f;
+#pragma unroll
+    for (int j = 3; j >= 0; --j)
+      if (v[j] == 0.0f) first = 4 * lane + j, sign = v[j];
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+      const int of = __shfl_xor_sync(0xFFFFFFFFu, first, off);
+      const float os = __shfl_xor_sync(0xFFFFFFFFu, sign, off);
+      if (of < first) first = of, sign = os;
+    }
+    if (lo == 0.0f) lo = sign;
+    if (hi == 0.0f) hi = sign;
+  }
+  const float maxq = static_cast<float>((1 << kBits) - 1);
+  lo = __fmul_rn(lo, p.clip);
+  hi = __fmul_rn(hi, p.clip);
+  const float range = __fdiv_rn(__fsub_rn(hi, lo), maxq);
+  const uint16_t scale16 = half_bits(range);
+  const uint16_t zero16 = half_bits(lo);
+  if (!half_finite(scale16) || (!p.int_zero_point && !half_finite(zero16))) return false;
+  uint32_t bits = 0;
+  if (!p.int_zero_point) {
+    if (lane == 0) *scale_out = scale16, *zero_out = zero16;
+    const float s = half_value(scale16);
+    const float z = half_value(zero16);
+    if (s != 0.0f) {
+      const float inv_s = __frcp_rn(s);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) bits |= float_code(v[j], z, s, inv_s, maxq) << (kBits * j);
+    }
+  } else {
+    if (lane == 0) *scale_out = scale16;
+    const float s = range;
+    uint32_t zp = 0;
+    if (s != 0.0f) zp = clamp_code(rintf(__fdiv_rn(-lo, s)), maxq);
+    if (lane == 0) *zi_out = static_cast<uint8_t>(zp);
+    if (s != 0.0f) {
+      const float zpf = static_cast<float>(zp);
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+        bits |= clamp_code(__fadd_rn(rintf(__fdiv_rn(v[j], s)), zpf), maxq) << (kBits * j);
+    }
+  }
+  if constexpr (kBits == 1) {
+    const uint32_t other = __shfl_down_sync(0xFFFFFFFFu, bits, 1);
+    if ((lane & 1) == 0) out[lane / 2] = static_cast<uint8_t>(bits | (other << 4));
+  } else if constexpr (kBits == 2) {
+    out[lane] = static_cast<uint8_t>(bits);
+  } else if constexpr (kBits == 4) {
+    reinterpret_cast<uint16_t*>(out)[lane] = static_cast<uint16_t>(bits);
+  } else {
+    reinterpret_cast<uint32_t*>(out)[lane] = bits;
+  }
+  return true;
+}
+
 // Warp-cooperative: all 32 lanes call it for the same group. n >= 1 elements; out receives
 // ceil(n * bits / 8) bytes. Returns false (on every lane) when the scale or zero overflows fp16.
 // kBits is a template parameter so the byte <-> code index arithmetic has constant divisors.
@@ -58,22 +132,41 @@ template <int kBits, class At>
 __device__ bool quantize_group_warp_bits(At at, int n, const GroupParams& p, uint8_t* out,
                                          uint16_t* scale_out, uint16_t* zero_out,
                                          uint8_t* zi_out) {
+  if constexpr (8 % kBits == 0)
+    if (n == 128) return quantize_full_group<kBits>(at, p, out, scale_out, zero_out, zi_out);
   const int lane = static_cast<int>(threadIdx.x & 31u);
+  // Numeric min and max first (value-only shuffles); the sign of a zero extreme is settled
+  // afterwards by the first zero in group order, which is what the reference's scan keeps.
   float lo = __int_as_float(0x7F800000), hi = -lo;
-  int lo_i = 0x7FFFFFFF, hi_i = 0x7FFFFFFF;
   for (int k = lane; k < n; k += 32) {
     const float v = at(k);
-    if (v < lo) lo = v, lo_i = k;
-    if (v > hi) hi = v, hi_i = k;
+    lo = fminf(lo, v);
+    hi = fmaxf(hi, v);
   }
 #pragma unroll
   for (int off = 16; off > 0; off >>= 1) {
-    const float olo = __shfl_xor_sync(0xFFFFFFFFu, lo, off);
-    const int olo_i = __shfl_xor_sync(0xFFFFFFFFu, lo_i, off);
-    const float ohi = __shfl_xor_sync(0xFFFFFFFFu, hi, off);
-    const int ohi_i = __shfl_xor_sync(0xFFFFFFFFu, hi_i, off);
-    if (olo < lo || (olo == lo && olo_i < lo_i)) lo = olo, lo_i = olo_i;
-    if (ohi > hi || (ohi == hi && ohi_i < hi_i)) hi = ohi, hi_i = ohi_i;
+    lo = fminf(lo, __shfl_xor_sync(0xFFFFFFFFu, lo, off));
+    hi = fmaxf(hi, __shfl_xor_sync(0xFFFFFFFFu, hi, off));
+  }
+  if (lo == 0.0f || hi == 0.0f) {  // warp-uniform branch
+    int first = 0x7FFFFFFF;
+    float sign = 0.0f;
+    for (int k = lane; k < n; k += 32) {
+      const float v = at(k);
+      if (v == 0.0f) {
+        first = k;
+        sign = v;
+        break;
+      }
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+      const int of = __shfl_xor_sync(0xFFFFFFFFu, first, off);
+      const float os = __shfl_xor_sync(0xFFFFFFFFu, sign, off);
+      if (of < first) first = of, sign = os;
+    }
+    if (lo == 0.0f) lo = sign;
+    if (hi == 0.0f) hi = sign;
   }
   constexpr int bits = kBits;
   const float maxq = static_cast<float>((1 << bits) - 1);

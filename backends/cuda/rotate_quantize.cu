@@ -6,7 +6,7 @@
 // traffic is one read of K/V and one write of codes, scales and zeros:
 // 2 + b/8 + 4/G bytes per element for fp16 input (2.27 at b = 2, G = 128).
 // Launch: 256 threads, grid = as many blocks as fit on every SM (capped by the tile count);
-// shared memory = padded tile (max(1, 8192 / channels) tokens) + the permutation.
+// shared memory = padded tile (max(1, 4096 / channels) tokens) + the permutation.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -21,7 +21,7 @@ namespace kvq::cuda {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kTileFloats = 8192;
+constexpr int kTileFloats = 4096;
 
 template <InputType kIn>
 __device__ __forceinline__ void load_rows(const void* kv, int64_t first, int count, float* tile) {
