@@ -577,6 +577,19 @@ RunSummary run_scenario(const Scenario& scenario, const RunOptions& options) {
   Backends backends(options);
   for (const std::string& name : options.backends)
     if (!backends.find(name)) (void)make_backend(name);  // throws, naming the known backends
+  // A misspelt backend in the file would otherwise show as SKIP and let a gate pass unrun.
+  auto check_known = [&](const std::vector<std::string>& names, const std::string& where) {
+    for (const std::string& name : names)
+      if (!backends.find(name)) {
+        std::string known;
+        for (const BackendEntry& e : backend_registry())
+          known += (known.empty() ? "" : ", ") + e.name;
+        throw Error(where + ": key 'backends': unknown backend '" + name + "' (known: " + known +
+                    ")");
+      }
+  };
+  check_known(scenario.backends, scenario.path + ": [scenario]");
+  for (const ScenarioCase& c : scenario.cases) check_known(c.backends, c.where);
   const std::vector<const ScenarioCase*> selected = select_cases(scenario, options);
   size_t width = 24;
   for (const ScenarioCase* c : selected)

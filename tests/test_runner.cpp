@@ -330,3 +330,29 @@ backends = ["ref"]
   CHECK(summary.failures[0].where == "values");
   CHECK(summary.failures[0].first_mismatch >= 0);
 }
+
+TEST_CASE("runner: a misspelt backend in the scenario file is an error, not a silent skip") {
+  const fs::path dir = fresh_dir("misspelt");
+  kvq::RunOptions options;
+  options.db = (dir / "kvq.db").string();
+  const kvq::Scenario in_scenario = write_scenario(dir, R"([scenario]
+backends = ["ref", "avx5l2"]
+
+[[case]]
+op = "fwht"
+tokens = 2
+n = 4
+)");
+  CHECK_THROWS_WITH(kvq::run_scenario(in_scenario, options),
+                    Catch::Matchers::Contains("unknown backend 'avx5l2'") &&
+                        Catch::Matchers::Contains("[scenario]"));
+  const kvq::Scenario in_case = write_scenario(dir, R"([[case]]
+op = "fwht"
+tokens = 2
+n = 4
+backends = ["ref", "cdua"]
+)");
+  CHECK_THROWS_WITH(kvq::run_scenario(in_case, options),
+                    Catch::Matchers::Contains("unknown backend 'cdua'") &&
+                        Catch::Matchers::Contains("s.toml:1"));
+}
