@@ -84,19 +84,20 @@ std::vector<int32_t> make_perm(int64_t channels, uint32_t seed) {
   return p;
 }
 
-void require_same(const Quantized& expected, const Quantized& got, const std::string& what) {
+// "" when bitwise equal, else where the first mismatch is (Catch prints it on failure).
+std::string bitwise_diff(const Quantized& expected, const Quantized& got, const std::string& what) {
   const Comparison c = compare_quantized(expected, got);
-  INFO(what << ": first mismatch in " << c.where << " at " << c.first_mismatch << " expected "
-            << c.expected << " got " << c.got);
-  REQUIRE(c.passed());
+  if (c.passed()) return "";
+  return what + ": first mismatch in " + c.where + " at " + std::to_string(c.first_mismatch) +
+         " expected " + c.expected + " got " + c.got;
 }
 
-void require_same(std::span<const float> expected, std::span<const float> got,
-                  const std::string& what) {
+std::string bitwise_diff(std::span<const float> expected, std::span<const float> got,
+                         const std::string& what) {
   const Comparison c = compare_bitwise(expected, got);
-  INFO(what << ": first mismatch at " << c.first_mismatch << " expected " << c.expected << " got "
-            << c.got);
-  REQUIRE(c.passed());
+  if (c.passed()) return "";
+  return what + ": first mismatch at " + std::to_string(c.first_mismatch) + " expected " +
+         c.expected + " got " + c.got;
 }
 
 struct KvCase {
@@ -168,7 +169,7 @@ TEST_CASE("avx: fwht equals the reference bitwise for n = 2 .. 32768 and odd blo
     for (const Isa& isa : isas()) {
       std::vector<float> got = x;
       isa.backend->fwht(got, n);
-      require_same(expected, got, isa.name + " fwht n=" + std::to_string(n));
+      REQUIRE(bitwise_diff(expected, got, isa.name + " fwht n=" + std::to_string(n)) == "");
     }
   }
 }
@@ -186,10 +187,13 @@ TEST_CASE("avx: reorder, rotate_k and rotate_v equal the reference bitwise") {
     const auto ro = ref().reorder(x, kc.tokens, with_perm.perm);
     for (const Isa& isa : isas()) {
       const std::string what = isa.name + " " + describe(kc);
-      require_same(rk, isa.backend->rotate_k(x, shape, with_perm), what + " rotate_k+perm");
-      require_same(rk0, isa.backend->rotate_k(x, shape, no_perm), what + " rotate_k");
-      require_same(rv, isa.backend->rotate_v(x, shape), what + " rotate_v");
-      require_same(ro, isa.backend->reorder(x, kc.tokens, with_perm.perm), what + " reorder");
+      REQUIRE(bitwise_diff(rk, isa.backend->rotate_k(x, shape, with_perm),
+                           what + " rotate_k+perm") == "");
+      REQUIRE(bitwise_diff(rk0, isa.backend->rotate_k(x, shape, no_perm), what + " rotate_k") ==
+              "");
+      REQUIRE(bitwise_diff(rv, isa.backend->rotate_v(x, shape), what + " rotate_v") == "");
+      REQUIRE(bitwise_diff(ro, isa.backend->reorder(x, kc.tokens, with_perm.perm),
+                           what + " reorder") == "");
     }
   }
 }
@@ -215,8 +219,9 @@ TEST_CASE("avx: quantize and dequantize equal the reference for b in {1,2,3,4,8}
                                      (axis == Axis::Token ? " token" : " channel") +
                                      (zp == ZeroPoint::Float ? " float" : " int");
             const Quantized got = isa.backend->quantize(x, kc.tokens, cols, p);
-            require_same(expected, got, what);
-            require_same(deq, isa.backend->dequantize(expected), what + " dequantize");
+            REQUIRE(bitwise_diff(expected, got, what) == "");
+            REQUIRE(bitwise_diff(deq, isa.backend->dequantize(expected), what + " dequantize") ==
+                    "");
           }
         }
   }
@@ -237,9 +242,9 @@ TEST_CASE("avx: quantize with group sizes that leave tails (G = 48, 7, G > axis)
           const std::string what = isa.name + " G" + std::to_string(g) + " b" +
                                    std::to_string(bits) +
                                    (axis == Axis::Token ? " token" : " chan");
-          require_same(expected, isa.backend->quantize(x, rows, cols, p), what);
-          require_same(ref().dequantize(expected), isa.backend->dequantize(expected),
-                       what + " dequantize");
+          REQUIRE(bitwise_diff(expected, isa.backend->quantize(x, rows, cols, p), what) == "");
+          REQUIRE(bitwise_diff(ref().dequantize(expected), isa.backend->dequantize(expected),
+                               what + " dequantize") == "");
         }
       }
 }
@@ -295,7 +300,8 @@ TEST_CASE("avx: fused rotate_quantize equals reference_rotate_quantize (F16, F32
                   isa.name + " " + describe(kc) + " rot" +
                   std::to_string(static_cast<int>(rotation)) + " b" + std::to_string(bits) +
                   (axis == Axis::Token ? " token " : " channel ") + dtype_name(t->dtype);
-              require_same(expected, isa.backend->rotate_quantize(t->view(), shape, p), what);
+              REQUIRE(bitwise_diff(expected, isa.backend->rotate_quantize(t->view(), shape, p),
+                                   what) == "");
             }
           }
         }
@@ -317,7 +323,7 @@ TEST_CASE("avx: results do not depend on the OpenMP thread count (1 vs 2)") {
       omp_set_num_threads(2);
       const Quantized two = isa.backend->rotate_quantize(t.view(), shape, p);
       const TokenAbsmax a2 = isa.backend->token_absmax(x, shape.tokens, shape.channels());
-      require_same(one, two, isa.name + " threads 1 vs 2");
+      REQUIRE(bitwise_diff(one, two, isa.name + " threads 1 vs 2") == "");
       REQUIRE(a1.argmax == a2.argmax);
     }
 }
@@ -330,7 +336,8 @@ TEST_CASE("avx: token_absmax equals the reference (values and lowest argmax on t
     const TokenAbsmax e = ref().token_absmax(h, 129, hidden);
     for (const Isa& isa : isas()) {
       const TokenAbsmax g = isa.backend->token_absmax(h, 129, hidden);
-      require_same(e.absmax, g.absmax, isa.name + " absmax hidden " + std::to_string(hidden));
+      REQUIRE(bitwise_diff(e.absmax, g.absmax,
+                           isa.name + " absmax hidden " + std::to_string(hidden)) == "");
       REQUIRE(g.argmax == e.argmax);
     }
   }
