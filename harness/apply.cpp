@@ -7,6 +7,7 @@
 #include <map>
 #include <sstream>
 
+#include "harness/recording_layers.h"
 #include "reference/error.h"
 #include "reference/half.h"
 
@@ -46,6 +47,7 @@ AppliedRecording apply_recording(const SafetensorsFile& f, const MethodParams& p
                 "' does not run method compositions; methods run on the reference ('ref')");
   AppliedRecording out;
   out.params = params;
+  out.params.rope_theta = recording_rope_theta(f.metadata(), f.path(), params.rope_theta);
   out.backend = backend;
   int64_t layers = 0;
   while (f.has(layer_name(layers, "v"))) ++layers;
@@ -115,11 +117,11 @@ AppliedRecording apply_recording(const SafetensorsFile& f, const MethodParams& p
     t.modality = modality;
   }
   try {
-    out.calibration = calibrate(tensors, params);
+    out.calibration = calibrate(tensors, out.params);
     StorageBits k_total, v_total;
     for (int64_t i = 0; i < layers; ++i) {
       out.layers.push_back(
-          apply_method(tensors[static_cast<size_t>(i)], i, layers, out.calibration, params));
+          apply_method(tensors[static_cast<size_t>(i)], i, layers, out.calibration, out.params));
       const AppliedLayer& a = out.layers.back();
       k_total.elements += a.k.storage.elements;
       k_total.codes += a.k.storage.total();

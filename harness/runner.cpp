@@ -14,7 +14,7 @@
 #include "harness/op_inputs.h"
 #include "harness/safetensors.h"
 #include "harness/store.h"
-#include "harness/synth.h"
+#include "harness/studies.h"
 #include "reference/error.h"
 #include "reference/half.h"
 #include "reference/methods.h"
@@ -339,124 +339,6 @@ std::string repro_line(const Scenario& s, const ScenarioCase& c, const std::stri
   return line;
 }
 
-// The method's K and V (fp32 accumulation in fp64) and decode attention against the fp32 cache.
-struct MethodMetrics {
-  double k_err = 0, k_ref = 0, v_err = 0, v_ref = 0;
-  int64_t bits = 0, elements = 0;
-  double attention_rel_error = 0.0;
-};
-
-// op = "method" (SPEC.md §8) on a recording or on a synthetic one (harness/synth); reference
-// only, measured, never gated.
-std::vector<Measurement> run_method(const ScenarioCase& c, double& seconds) {
-  std::optional<SafetensorsFile> file;
-  std::vector<std::pair<std::string, Tensor>> owned;
-  std::map<std::string, std::vector<float>> f32;
-  std::vector<uint8_t> modality;
-  int64_t layers = 0;
-  Shape k_shape, q_shape, h_shape;
-  if (c.input == "synthetic") {
-    SynthParams p;  // its defaults unless the case names them
-    p.seed = static_cast<uint64_t>(case_int(c, "seed", static_cast<int64_t>(p.seed)));
-    p.tokens = case_int(c, "tokens", p.tokens);
-    p.kv_heads = case_int(c, "heads", p.kv_heads);
-    p.heads = case_int(c, "q_heads", std::max(p.heads, p.kv_heads));
-    p.head_dim = case_int(c, "head_dim", p.head_dim);
-    p.hidden = case_int(c, "hidden", p.hidden);
-    p.experts = 0;  // methods read no expert tensors
-    SynthRecording rec = synthesize(p);
-    owned = std::move(rec.tensors);
-    layers = p.layers;
-    k_shape = {p.tokens, p.kv_heads, p.head_dim};
-    q_shape = {p.tokens, p.heads, p.head_dim};
-    h_shape = {p.tokens, p.hidden};
-    for (const auto& [n, t] : owned)
-      if (n == "modality") modality.assign(t.data<uint8_t>(), t.data<uint8_t>() + t.numel());
-  } else {
-    file.emplace(SafetensorsFile::open(c.input));
-    while (file->has("layers." + std::to_string(layers) + ".k")) ++layers;
-    if (layers == 0) throw Error(c.input + ": tensor 'layers.0.k' is missing");
-    k_shape = file->view("layers.0.k").shape;
-    q_shape = file->view("layers.0.q").shape;
-    h_shape = file->view("layers.0.hidden_in").shape;
-    if (k_shape.size() != 3 || q_shape.size() != 3 || h_shape.size() != 2)
-      throw Error(c.input + ": expected k, q [T, H, d] and hidden_in [T, D] in layer 0");
-    if (file->has("modality")) {
-      const TensorView m = file->view("modality");
-      modality.assign(static_cast<const uint8_t*>(m.data),
-                      static_cast<const uint8_t*>(m.data) + m.numel());
-    }
-  }
-  auto tensor = [&](const std::string& name) -> const std::vector<float>& {
-    if (auto it = f32.find(name); it != f32.end()) return it->second;
-    if (file) return f32[name] = file->read_f32(name);
-    for (const auto& [n, t] : owned)
-      if (n == name) return f32[name] = widen_f32(t.view(), name);
-    throw Error("synthetic recording lacks '" + name + "'");
-  };
-  std::vector<LayerTensors> tensors;
-  for (int64_t l = 0; l < layers; ++l) {
-    const std::string p = "layers." + std::to_string(l) + ".";
-    LayerTensors t;
-    t.shape = {k_shape[0], k_shape[1], k_shape[2]};
-    t.q_heads = q_shape[1];
-    t.hidden_size = h_shape[1];
-    t.k = tensor(p + "k");
-    t.k_pre_rope = tensor(p + "k_pre_rope");
-    t.v = tensor(p + "v");
-    t.hidden_in = tensor(p + "hidden_in");
-    t.q = tensor(p + "q");
-    t.modality = modality;
-    tensors.push_back(t);
-  }
-  MethodParams params;
-  params.method = parse_method(case_string(c, "method", "rtn"));
-  params.bits = static_cast<int>(case_int(c, "bits", params.bits));
-  params.group = case_int(c, "group", params.group);
-  params.window = case_int(c, "window", params.window);
-  if (c.params.contains("clip")) params.clip = static_cast<float>(case_double(c, "clip", 1.0));
-  params.zero_point =
-      case_string(c, "zero_point", "float") == "int" ? ZeroPoint::Int : ZeroPoint::Float;
-  params.head_group = static_cast<int>(case_int(c, "head_group", params.head_group));
-
-  const auto start = std::chrono::steady_clock::now();
-  const Calibration calibration = calibrate(tensors, params);
-  MethodMetrics m;
-  for (int64_t l = 0; l < layers; ++l) {
-    const LayerTensors& t = tensors[static_cast<size_t>(l)];
-    const AppliedLayer applied = apply_method(t, l, layers, calibration, params);
-    for (size_t i = 0; i < applied.k.dequant.size(); ++i) {
-      m.k_err += std::pow(static_cast<double>(applied.k.dequant[i]) - t.k[i], 2);
-      m.k_ref += std::pow(static_cast<double>(t.k[i]), 2);
-      m.v_err += std::pow(static_cast<double>(applied.v.dequant[i]) - t.v[i], 2);
-      m.v_ref += std::pow(static_cast<double>(t.v[i]), 2);
-    }
-    m.bits += applied.k.storage.total() + applied.v.storage.total();
-    m.elements += applied.k.storage.elements + applied.v.storage.elements;
-    // SPEC.md §7/§8: the newest token's query over the method's cache vs the fp32 cache, both
-    // with the fp64 oracle so the difference is the method's alone.
-    const size_t row = static_cast<size_t>(t.q_heads * t.shape.head_dim);
-    const std::span<const float> q = t.q.subspan(t.q.size() - row, row);
-    DecodeCache exact;
-    exact.shape = t.shape;
-    exact.k_f32.assign(t.k.begin(), t.k.end());
-    exact.v_f32.assign(t.v.begin(), t.v.end());
-    const std::vector<double> want = attention_decode_oracle(q, t.q_heads, exact);
-    const std::vector<double> got = attention_decode_oracle(q, t.q_heads, applied.cache);
-    m.attention_rel_error = std::max(m.attention_rel_error, max_relative_error(want, got));
-  }
-  seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  const double kv = m.k_ref + m.v_ref > 0 ? (m.k_err + m.v_err) / (m.k_ref + m.v_ref) : 0.0;
-  return {{"ref", "kv_nmse", kv, "ratio", 1, 0.0},
-          {"ref", "k_nmse", m.k_ref > 0 ? m.k_err / m.k_ref : 0.0, "ratio", 1, 0.0},
-          {"ref", "v_nmse", m.v_ref > 0 ? m.v_err / m.v_ref : 0.0, "ratio", 1, 0.0},
-          {"ref", "attention_rel_error", m.attention_rel_error, "ratio", 1, 0.0},
-          {"ref", "bits_per_element",
-           m.elements ? static_cast<double>(m.bits) / static_cast<double>(m.elements) : 0.0, "bits",
-           1, 0.0},
-          {"ref", "time", seconds, "s", 1, 0.0}};
-}
-
 class Backends {
  public:
   explicit Backends(const RunOptions& options) : extra_(options.extra_backends) {}
@@ -615,14 +497,37 @@ RunSummary run_scenario(const Scenario& scenario, const RunOptions& options) {
       std::vector<CheckRecord> checks;
       std::vector<Measurement> measurements;
 
-      if (op_text == "method") {
-        double seconds = 0.0;
-        measurements = run_method(c, seconds);
-        const std::string note = "kv_nmse " + number(measurements[0].value) + ", attention " +
-                                 number(measurements[3].value) + ", bits/elem " +
-                                 number(measurements[4].value);
-        table.line(c.name, "ref", "MEAS", nullptr, seconds, note);
-        ++summary.measured;
+      // Study ops (harness/studies.h): the reference only, measured, never gated. A study that
+      // throws is an error check of backend "ref" (the run goes on with the other cases).
+      if (const StudyOp* study = find_study_op(op_text)) {
+        const auto start = std::chrono::steady_clock::now();
+        std::string note, check_name = "MEAS";
+        try {
+          StudyOutcome outcome = study->run(c);
+          measurements = std::move(outcome.measurements);
+          note = outcome.note;
+          if (!outcome.details.is_null()) {
+            nlohmann::json params = c.params;
+            params["result"] = std::move(outcome.details);
+            record.params_json = params.dump();
+          }
+          ++summary.measured;
+        } catch (const Error& e) {
+          CheckRecord check;
+          check.backend = check.reference = reference.name();
+          check.status = "error";
+          check.got = note = one_line(e.what());
+          checks.push_back(check);
+          summary.failures.push_back(
+              {c.name, check.backend, "error", "", check.got, repro_line(scenario, c, ""), -1});
+          ++summary.failed;
+          check_name = "ERROR";
+        }
+        double seconds =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        for (const Measurement& m : measurements)
+          if (m.metric == "time") seconds = m.value;
+        table.line(c.name, reference.name(), check_name, nullptr, seconds, note);
         store.add_case(summary.run_id, record, checks, measurements);
         continue;
       }

@@ -10,6 +10,7 @@
 #include <set>
 
 #include "harness/safetensors.h"
+#include "harness/studies.h"
 #include "reference/error.h"
 #include "reference/quantize.h"
 
@@ -29,10 +30,46 @@ const std::set<std::string> kCaseKeys = {"name",          "op",         "input",
                                          "gate",          "tolerance",  "backends",
                                          "repetitions"};
 
+// Backend ops; study ops (method, sinks, experts, ...) come from study_ops() (harness/studies.h).
 const std::set<std::string> kOps = {
     "fwht",       "reorder",         "rotate_k",     "rotate_v",          "quantize",
-    "dequantize", "rotate_quantize", "token_absmax", "expert_statistics", "attention_decode",
-    "method"};
+    "dequantize", "rotate_quantize", "token_absmax", "expert_statistics", "attention_decode"};
+
+// A key that some study op declares beyond kCaseKeys (the first declaration gives its type).
+const StudyKey* study_key(const std::string& key) {
+  for (const StudyOp& op : study_ops())
+    for (const StudyKey& k : op.keys)
+      if (k.name == key) return &k;
+  return nullptr;
+}
+
+// One scalar of a study's own key, type-checked by its KeyType; a Path is resolved relative to
+// the scenario's folder and must name a file.
+nlohmann::json study_scalar(const StudyKey& key, const toml::node& node, const std::string& where,
+                            const std::filesystem::path& folder) {
+  switch (key.type) {
+    case KeyType::Int:
+      if (!node.is_integer()) throw Error(where + ": expected an integer");
+      return *node.value<int64_t>();
+    case KeyType::Double:
+      if (!node.is_number()) throw Error(where + ": expected a number");
+      return *node.value<double>();
+    case KeyType::Bool:
+      if (!node.is_boolean()) throw Error(where + ": expected true or false");
+      return *node.value<bool>();
+    case KeyType::String:
+      if (!node.is_string()) throw Error(where + ": expected a string");
+      return *node.value<std::string>();
+    case KeyType::Path: {
+      if (!node.is_string()) throw Error(where + ": expected a file path (a string)");
+      const std::filesystem::path file = folder / *node.value<std::string>();
+      if (!std::filesystem::is_regular_file(file))
+        throw Error(where + ": file '" + file.string() + "' not found");
+      return file.string();
+    }
+  }
+  throw Error(where + ": key type not handled");
+}
 
 const std::map<std::string, std::set<std::string>> kChoices = {
     {"dtype", {"f32", "f16"}},
@@ -98,7 +135,12 @@ nlohmann::json scalar(const std::string& key, const toml::node& node, const std:
   }
   if (!node.is_string()) throw Error(where + ": expected a string");
   const std::string v = *node.value<std::string>();
-  if (key == "op" && !kOps.count(v)) throw Error(where + ": unknown op '" + v + "'");
+  if (key == "op" && !kOps.count(v) && !find_study_op(v)) {
+    std::string known;
+    for (const std::string& op : kOps) known += (known.empty() ? "" : ", ") + op;
+    for (const StudyOp& op : study_ops()) known += ", " + op.op;
+    throw Error(where + ": unknown op '" + v + "' (known: " + known + ")");
+  }
   if (const auto it = kChoices.find(key); it != kChoices.end() && !it->second.count(v)) {
     std::string list;
     for (const std::string& c : it->second) list += (list.empty() ? "" : ", ") + c;
@@ -128,6 +170,13 @@ std::string name_part(const std::string& key, const nlohmann::json& v) {
                                                             {"tolerance", "tol"},
                                                             {"repetitions", "r"}};
   const auto it = prefix.find(key);
+  if (it == prefix.end() && !kCaseKeys.count(key)) {
+    // A study's own key: its name then the value ("pfn1"); a path by its file stem.
+    const StudyKey* k = study_key(key);
+    if (k && k->type == KeyType::Path)
+      return std::filesystem::path(v.get<std::string>()).stem().string();
+    return key + (v.is_string() ? v.get<std::string>() : v.dump());
+  }
   return (it != prefix.end() ? it->second : std::string()) +
          (v.is_string() ? v.get<std::string>() : v.dump());
 }
@@ -178,6 +227,32 @@ void check_case(const ScenarioCase& c, const std::map<std::string, std::string>&
                 op + " is bit-exact: gate = \"exact\" or \"none\")");
   if (op == "method" && !c.params.contains("method"))
     throw Error(where("method") + ": op = \"method\" needs a method");
+  // A study's own keys belong to the ops that declare them.
+  const StudyOp* study = find_study_op(op);
+  const auto declares = [&](const std::string& key) {
+    return study && std::any_of(study->keys.begin(), study->keys.end(),
+                                [&](const StudyKey& k) { return k.name == key; });
+  };
+  for (const auto& [key, value] : c.params.items())
+    if (!kCaseKeys.count(key) && !declares(key)) {
+      std::string ops;
+      for (const StudyOp& s : study_ops())
+        for (const StudyKey& k : s.keys)
+          if (k.name == key) ops += (ops.empty() ? "" : ", ") + s.op;
+      throw Error(where(key) + ": applies to op " + ops + " only (this case's op is '" + op + "')");
+    }
+  if (c.input == "model") {
+    if (!declares("model"))
+      throw Error(where("input") +
+                  ": input = \"model\" is for study ops that read a model "
+                  "(op '" +
+                  op + "' does not)");
+    for (const char* key : {"model", "tokenizer", "text"})
+      if (!c.params.contains(key))
+        throw Error(where(key) +
+                    ": input = \"model\" needs keys model, tokenizer and text "
+                    "(llama2.c checkpoint, tokenizer, text file)");
+  }
 }
 
 // Layers a recording holds for `tensor` (layers.{i}.TENSOR for i = 0, 1, ... while present).
@@ -258,7 +333,8 @@ Scenario load_scenario(const std::string& path) {
       const std::string where = at(path, *node, k);
       key_at[k] = path + ":" + std::to_string(node->source().begin.line) + ":" +
                   std::to_string(node->source().begin.column);
-      if (!kCaseKeys.count(k)) throw Error(where + ": unknown key in [[case]]");
+      const StudyKey* skey = kCaseKeys.count(k) ? nullptr : study_key(k);
+      if (!kCaseKeys.count(k) && !skey) throw Error(where + ": unknown key in [[case]]");
       if (k == "backends") {
         base.backends = strings(*node, where);
       } else if (k == "name") {
@@ -267,7 +343,8 @@ Scenario load_scenario(const std::string& path) {
       } else if (k == "input") {
         if (!node->is_string()) throw Error(where + ": expected a string");
         base.input = *node->value<std::string>();
-        if (base.input != "synthetic") {
+        // "model": a llama2.c recording made from keys model, tokenizer, text (studies only).
+        if (base.input != "synthetic" && base.input != "model") {
           const std::filesystem::path file = folder / base.input;
           if (!std::filesystem::is_regular_file(file))
             throw Error(where + ": recording '" + file.string() + "' not found");
@@ -276,10 +353,11 @@ Scenario load_scenario(const std::string& path) {
       } else if (const toml::array* arr = node->as_array()) {
         if (arr->empty()) throw Error(where + ": empty sweep");
         std::vector<nlohmann::json> values;
-        for (const toml::node& e : *arr) values.push_back(scalar(k, e, where));
+        for (const toml::node& e : *arr)
+          values.push_back(skey ? study_scalar(*skey, e, where, folder) : scalar(k, e, where));
         sweeps.emplace_back(k, std::move(values));
       } else {
-        base.params[k] = scalar(k, *node, where);
+        base.params[k] = skey ? study_scalar(*skey, *node, where, folder) : scalar(k, *node, where);
       }
     }
     const auto swept = [&](const std::string& key) {
@@ -290,8 +368,9 @@ Scenario load_scenario(const std::string& path) {
       throw Error(at(path, cnode, "op") + ": [[case]] needs an op");
     // A recording without `layers` means every layer it holds: an implicit last sweep.
     const std::string base_op = base.params.value("op", std::string());
-    if (base.input != "synthetic" && base_op != "method" && !base.params.contains("layers") &&
-        !swept("layers")) {
+    // Study ops read every layer themselves.
+    if (base.input != "synthetic" && base.input != "model" && !find_study_op(base_op) &&
+        !base.params.contains("layers") && !swept("layers")) {
       ScenarioCase probe = base;
       for (const auto& [key, values] : sweeps) probe.params[key] = values.front();
       const std::string tensor =

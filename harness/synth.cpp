@@ -95,6 +95,39 @@ void check_params(const SynthParams& p) {
   require(std::isfinite(p.rope_theta) && p.rope_theta > 1.0f, "rope theta must be > 1");
   const int64_t per_layer = p.tokens * std::max(p.heads * p.head_dim, p.hidden);
   require(per_layer <= (int64_t{1} << 30), "a layer tensor would exceed 2^30 elements");
+  for (const auto& [layer, expert] : p.pruned_experts)
+    require(layer >= 0 && layer < p.layers && expert >= 0 && expert < p.experts,
+            "pruned expert (" + std::to_string(layer) + ", " + std::to_string(expert) +
+                ") is outside layers [0, " + std::to_string(p.layers) + ") x experts [0, " +
+                std::to_string(p.experts) + ")");
+}
+
+bool is_pruned(const SynthParams& p, int64_t layer, int64_t expert) {
+  return std::find(p.pruned_experts.begin(), p.pruned_experts.end(),
+                   std::make_pair(layer, expert)) != p.pruned_experts.end();
+}
+
+// The fraction of the planted massive activation present in hidden_in of each layer: the
+// Super Experts of earlier layers that are not pruned, weighted by their peaks (see synth.h).
+// Exactly 1.0 when none of them is pruned, so the unpruned output is unchanged bit for bit.
+std::vector<double> massive_fractions(const SynthParams& p,
+                                      const std::vector<std::pair<int64_t, int64_t>>& se,
+                                      const std::vector<double>& peak) {
+  std::vector<double> out(static_cast<size_t>(p.layers), 1.0);
+  for (int64_t l = 0; l < p.layers; ++l) {
+    double all = 0.0, kept = 0.0;
+    bool any_pruned = false;
+    for (size_t r = 0; r < se.size(); ++r) {
+      if (se[r].first >= l) continue;
+      all += peak[r];
+      if (is_pruned(p, se[r].first, se[r].second))
+        any_pruned = true;
+      else
+        kept += peak[r];
+    }
+    if (any_pruned) out[static_cast<size_t>(l)] = kept / all;
+  }
+  return out;
 }
 
 // SPEC.md §5 considers layers l < round(0.75 L); Python's round is half-to-even, a half-up
@@ -178,6 +211,7 @@ SynthRecording synthesize(const SynthParams& p) {
     }
     truth.super_experts = super_experts;
   }
+  const std::vector<double> present = massive_fractions(p, super_experts, super_peak);
 
   std::vector<int32_t> token_ids(static_cast<size_t>(T));
   for (int64_t t = 0; t < T; ++t) {
@@ -194,6 +228,9 @@ SynthRecording synthesize(const SynthParams& p) {
   for (int64_t l = 0; l < L; ++l) {
     const std::string prefix = "layers." + std::to_string(l) + ".";
     const bool sinks_on = l >= kMassiveLayer;
+    // 1.0 unless a Super Expert upstream is pruned: then the old expressions are replaced by
+    // blends, so m = 1 keeps every value bit-identical by construction (the same branch).
+    const double m = present[static_cast<size_t>(l)];
 
     // Residual stream: unit normal, plus massive activations (>= 1000 and > 250x the typical
     // token max-abs, SPEC.md §4) at the sink tokens in two channels from the massive layer on.
@@ -202,10 +239,13 @@ SynthRecording synthesize(const SynthParams& p) {
     if (sinks_on)
       for (int64_t t : truth.massive_tokens) {
         const double token_scale = t == 0 ? 1.0 : 0.85;
-        hidden[static_cast<size_t>(t * D + massive_channels[0])] =
-            2000.0 * token_scale * (1.0 + 0.02 * rng.bounded_normal());
-        hidden[static_cast<size_t>(t * D + massive_channels[1])] =
-            -1200.0 * token_scale * (1.0 + 0.02 * rng.bounded_normal());
+        const double a = 2000.0 * token_scale * (1.0 + 0.02 * rng.bounded_normal());
+        const double b = -1200.0 * token_scale * (1.0 + 0.02 * rng.bounded_normal());
+        // Residual stream = the ordinary activation + the Super Experts' share present.
+        double& ha = hidden[static_cast<size_t>(t * D + massive_channels[0])];
+        double& hb = hidden[static_cast<size_t>(t * D + massive_channels[1])];
+        ha = m == 1.0 ? a : ha + m * a;
+        hb = m == 1.0 ? b : hb + m * b;
       }
 
     // Keys before RoPE: unit normal, outlier channels, and for sink tokens a large key on the
@@ -219,8 +259,10 @@ SynthRecording synthesize(const SynthParams& p) {
           if (outlier_scale[ch] != 0.0) x = outlier_scale[ch] * (1.0 + 0.1 * x);
           if (c / 2 == sink_pair) {
             x *= 0.1;
-            if (sinks_on && is_sink(t) && c % 2 == 0) x = kSinkKey;
-            if (sinks_on && is_sink(t) && c % 2 == 1) x = 0.0;
+            // A sink's key is the massive activation seen through k_proj: it scales with the
+            // fraction m present (m = 0: an ordinary token's key).
+            const double sink_x = c % 2 == 0 ? kSinkKey : 0.0;
+            if (sinks_on && is_sink(t)) x = m == 1.0 ? sink_x : m * sink_x + (1.0 - m) * x;
           }
           k_pre[static_cast<size_t>(t * Hkv * d) + ch] = x;
         }
@@ -230,7 +272,8 @@ SynthRecording synthesize(const SynthParams& p) {
     for (int64_t t = 0; t < T; ++t)
       for (int64_t i = 0; i < Hkv * d; ++i)
         v[static_cast<size_t>(t * Hkv * d + i)] =
-            rng.normal() * (sinks_on && is_sink(t) ? 0.1 : 1.0);
+            rng.normal() *
+            (sinks_on && is_sink(t) ? (m == 1.0 ? 0.1 : 0.1 * m + (1.0 - m)) : 1.0);
 
     // Queries before RoPE: unit normal, damped by 1/|scale| on the RoPE pairs of their KV head's
     // outlier channels (so outliers do not dominate the logits), and aligned with the sink key on
@@ -303,6 +346,12 @@ SynthRecording synthesize(const SynthParams& p) {
       }
       ++slot;
     }
+    // Pruned experts output zero: max |down_proj output| 0, first channel.
+    for (int64_t i = 0; i < T * K; ++i)
+      if (is_pruned(p, l, ids.data<int32_t>()[i])) {
+        absmax.data<float>()[i] = 0.0f;
+        argmax.data<int32_t>()[i] = 0;
+      }
     rec.tensors.emplace_back(prefix + "experts.ids", std::move(ids));
     rec.tensors.emplace_back(prefix + "experts.down_absmax", std::move(absmax));
     rec.tensors.emplace_back(prefix + "experts.down_argmax", std::move(argmax));
@@ -337,6 +386,11 @@ SynthRecording synthesize(const SynthParams& p) {
   for (const auto& [layer, expert] : truth.super_experts) se.push_back({layer, expert});
   m["super_experts"] = se.dump();
   m["outlier_channels"] = json_list(truth.outlier_channels);
+  if (!p.pruned_experts.empty()) {
+    nlohmann::json pruned = nlohmann::json::array();
+    for (const auto& [layer, expert] : p.pruned_experts) pruned.push_back({layer, expert});
+    m["pruned_experts"] = pruned.dump();
+  }
   return rec;
 }
 

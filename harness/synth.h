@@ -13,7 +13,17 @@
 //   num_experts_per_tok, image_tokens, rope_theta, vocab_size, token_ids; ground truth:
 //   sink_tokens, massive_tokens, massive_channels, massive_layer, super_experts
 //   ([[layer, expert], ...]), outlier_channels (flat channel indices h * d + c of pre-RoPE K,
-//   the same in every layer).
+//   the same in every layer); pruned_experts ([[layer, expert], ...], only when some are).
+//
+// Causal chain (Super Experts, SPEC.md §5 study): the massive activations of hidden_in at layer
+// l >= 1 are the residual-stream sum of the down_proj outputs of the Super Experts of layers
+// < l at the tokens they process (the sink tokens), each Super Expert's share proportional to
+// its planted peak; the sink tokens' keys on the sink pair (and their small values) scale with
+// the fraction of that massive activation present at the layer, and queries stay aligned with
+// the sink key, so the attention sinks follow from the massive activations. Zeroing experts
+// (SynthParams::pruned_experts) removes their share; with nothing pruned every share is present
+// and the output is exactly that of the plain generator. Without Super Experts (experts = 0)
+// the massive activations are planted uncaused.
 #pragma once
 
 #include <cstdint>
@@ -38,6 +48,11 @@ struct SynthParams {
   int64_t top_k = 4;
   int64_t image_tokens = 64;  // a block of image tokens starting at position 8
   float rope_theta = 10000.0f;
+  // (layer, expert) pairs whose output is zeroed (pruning study, SPEC.md §5): their down_proj
+  // max-abs becomes 0 (argmax channel 0) and, for Super Experts, their share of the massive
+  // activations and sink keys of later layers disappears. Every random draw is the same as
+  // without pruning (seed for seed), so only what the pruned experts cause changes.
+  std::vector<std::pair<int64_t, int64_t>> pruned_experts;
 };
 
 struct SynthGroundTruth {

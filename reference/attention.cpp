@@ -130,6 +130,9 @@ void fwht_per_head(std::vector<float>& x, const KvShape& shape) {
 
 void check_query(std::span<const float> q, int64_t q_heads, const DecodeCache& cache) {
   const int64_t kv_heads = cache.shape.heads;
+  if (kv_heads < 1 || cache.shape.head_dim < 1)
+    throw Error("attention_decode: the cache shape needs heads >= 1 and head_dim >= 1 (got " +
+                std::to_string(kv_heads) + ", " + std::to_string(cache.shape.head_dim) + ")");
   if (q_heads < 1 || q_heads % kv_heads != 0)
     throw Error("attention_decode: q_heads (" + std::to_string(q_heads) +
                 ") must be a positive multiple of the KV heads (" + std::to_string(kv_heads) + ")");

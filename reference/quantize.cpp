@@ -179,6 +179,23 @@ void quantize_group(const float* x, int64_t n, int64_t stride, const QuantParams
   }
 }
 
+}  // namespace
+
+Quantized make_quantized(int64_t rows, int64_t cols, const QuantParams& params,
+                         const GroupLayout& l) {
+  Quantized q;
+  q.rows = rows;
+  q.cols = cols;
+  q.params = params;
+  q.codes.assign(static_cast<size_t>(l.total_bytes()), 0);
+  q.scale.assign(static_cast<size_t>(l.group_count), 0);
+  if (params.zero_point == ZeroPoint::Float)
+    q.zero.assign(static_cast<size_t>(l.group_count), 0);
+  else
+    q.zero_int.assign(static_cast<size_t>(l.group_count), 0);
+  return q;
+}
+
 void check_quantized(const Quantized& q, const GroupLayout& l, const std::string& what) {
   if (static_cast<int64_t>(q.codes.size()) != l.total_bytes())
     throw Error(what + ": codes hold " + std::to_string(q.codes.size()) + " bytes, layout needs " +
@@ -196,8 +213,6 @@ void check_quantized(const Quantized& q, const GroupLayout& l, const std::string
       throw Error(what + ": " + describe_group(l, i) + " has a non-finite scale or zero");
   }
 }
-
-}  // namespace
 
 int64_t GroupLayout::group_size(int64_t i) const {
   check_group_index(i, group_count);
@@ -257,16 +272,7 @@ Quantized quantize(std::span<const float> x, int64_t rows, int64_t cols, const Q
                 std::to_string(rows * cols));
   require_finite(x, what);
 
-  Quantized q;
-  q.rows = rows;
-  q.cols = cols;
-  q.params = params;
-  q.codes.assign(static_cast<size_t>(l.total_bytes()), 0);
-  q.scale.assign(static_cast<size_t>(l.group_count), 0);
-  if (params.zero_point == ZeroPoint::Float)
-    q.zero.assign(static_cast<size_t>(l.group_count), 0);
-  else
-    q.zero_int.assign(static_cast<size_t>(l.group_count), 0);
+  Quantized q = make_quantized(rows, cols, params, l);
 
   // Groups are independent and each writes its own byte range (streams start on byte
   // boundaries), so the result does not depend on the thread count. A failing group is

@@ -51,6 +51,14 @@ struct Quantized {
 Quantized quantize(std::span<const float> x, int64_t rows, int64_t cols, const QuantParams& params,
                    const std::string& what = "x");
 std::vector<float> dequantize(const Quantized& q);
+// Zero-filled storage of a quantization of [rows, cols] laid out as l (codes, scales, zeros of
+// the params' zero-point kind), for every backend's quantizer to fill.
+Quantized make_quantized(int64_t rows, int64_t cols, const QuantParams& params,
+                         const GroupLayout& l);
+// Validation of a stored quantization against its layout (shared by every backend's dequantize
+// and decode attention): codes, scales and zeros sized for l, every scale and zero finite.
+// Throws kvq::Error naming `what` and the failing group.
+void check_quantized(const Quantized& q, const GroupLayout& l, const std::string& what);
 
 // Little-endian bitstream packing of one group's codes (code i at bits [b*i, b*i+b)).
 void pack_codes(std::span<const uint8_t> codes, int bits, std::span<uint8_t> out);

@@ -21,53 +21,13 @@ bool is_fwht_size(int64_t n) {
   return n >= 2 && n <= kMaxFwhtSize && (n & (n - 1)) == 0;
 }
 
-// Element count of a [tokens, heads, head_dim] tensor; rejects negative or empty head
-// dimensions (a KV tensor has at least one channel) and overflow.
-int64_t kv_numel(const KvShape& shape, const std::string& what) {
-  if (shape.heads < 1 || shape.head_dim < 1)
-    throw Error(what + ": heads (" + std::to_string(shape.heads) + ") and head_dim (" +
-                std::to_string(shape.head_dim) + ") must be positive");
-  return shape_numel({shape.tokens, shape.heads, shape.head_dim}, what);
-}
-
-void check_input_size(std::span<const float> x, const KvShape& shape, const std::string& what) {
-  const int64_t n = kv_numel(shape, what);
-  if (static_cast<int64_t>(x.size()) != n)
-    throw Error(what + ": input has " + std::to_string(x.size()) + " values, shape [tokens " +
-                std::to_string(shape.tokens) + ", heads " + std::to_string(shape.heads) +
-                ", head_dim " + std::to_string(shape.head_dim) + "] needs " + std::to_string(n));
-}
-
-// perm must hold every index 0 .. channels-1 exactly once.
-void check_permutation(std::span<const int32_t> perm, int64_t channels, const std::string& what) {
-  if (static_cast<int64_t>(perm.size()) != channels)
-    throw Error(what + ": permutation has " + std::to_string(perm.size()) +
-                " entries, expected one per channel (" + std::to_string(channels) + ")");
-  std::vector<uint8_t> seen(perm.size(), 0);
-  for (size_t j = 0; j < perm.size(); ++j) {
-    const int32_t p = perm[j];
-    if (p < 0 || static_cast<int64_t>(p) >= channels)
-      throw Error(what + ": permutation entry " + std::to_string(j) + " = " + std::to_string(p) +
-                  " is outside [0, " + std::to_string(channels) + ")");
-    if (seen[static_cast<size_t>(p)])
-      throw Error(what + ": permutation entry " + std::to_string(j) + " repeats channel " +
-                  std::to_string(p));
-    seen[static_cast<size_t>(p)] = 1;
-  }
-}
-
 // x [rows, perm.size()] -> out[t, j] = x[t, perm[j]] (forward) or out[t, perm[j]] = x[t, j].
 std::vector<float> permute_rows(std::span<const float> x, int64_t rows,
                                 std::span<const int32_t> perm, bool forward,
                                 const std::string& what) {
+  check_reorder_input(x.size(), rows, perm, what);
   const auto channels = static_cast<int64_t>(perm.size());
-  if (rows < 0) throw Error(what + ": negative row count " + std::to_string(rows));
-  const int64_t n = shape_numel({rows, channels}, what);
-  if (static_cast<int64_t>(x.size()) != n)
-    throw Error(what + ": input has " + std::to_string(x.size()) + " values, " +
-                std::to_string(rows) + " rows of " + std::to_string(channels) + " channels need " +
-                std::to_string(n));
-  check_permutation(perm, channels, what);
+  const int64_t n = rows * channels;
   std::vector<float> out(x.size());
   const float* src = x.data();
   float* dst = out.data();
@@ -92,6 +52,61 @@ void fwht_groups(std::span<float> x, const KvShape& shape, int head_group) {
 }
 
 }  // namespace
+
+// perm must hold every index 0 .. channels-1 exactly once.
+void check_permutation(std::span<const int32_t> perm, int64_t channels, const std::string& what) {
+  if (static_cast<int64_t>(perm.size()) != channels)
+    throw Error(what + ": permutation has " + std::to_string(perm.size()) +
+                " entries, expected one per channel (" + std::to_string(channels) + ")");
+  std::vector<uint8_t> seen(perm.size(), 0);
+  for (size_t j = 0; j < perm.size(); ++j) {
+    const int32_t p = perm[j];
+    if (p < 0 || static_cast<int64_t>(p) >= channels)
+      throw Error(what + ": permutation entry " + std::to_string(j) + " = " + std::to_string(p) +
+                  " is outside [0, " + std::to_string(channels) + ")");
+    if (seen[static_cast<size_t>(p)])
+      throw Error(what + ": permutation entry " + std::to_string(j) + " repeats channel " +
+                  std::to_string(p));
+    seen[static_cast<size_t>(p)] = 1;
+  }
+}
+
+// A KV tensor has at least one channel; shape_numel rejects negative tokens and overflow.
+void check_kv_size(size_t size, const KvShape& shape, const std::string& what) {
+  if (shape.heads < 1 || shape.head_dim < 1)
+    throw Error(what + ": heads (" + std::to_string(shape.heads) + ") and head_dim (" +
+                std::to_string(shape.head_dim) + ") must be positive");
+  const int64_t n = shape_numel({shape.tokens, shape.heads, shape.head_dim}, what);
+  if (static_cast<int64_t>(size) != n)
+    throw Error(what + ": input has " + std::to_string(size) + " values, shape [tokens " +
+                std::to_string(shape.tokens) + ", heads " + std::to_string(shape.heads) +
+                ", head_dim " + std::to_string(shape.head_dim) + "] needs " + std::to_string(n));
+}
+
+void check_reorder_input(size_t size, int64_t rows, std::span<const int32_t> perm,
+                         const std::string& what) {
+  const auto channels = static_cast<int64_t>(perm.size());
+  if (rows < 0) throw Error(what + ": negative row count " + std::to_string(rows));
+  const int64_t n = shape_numel({rows, channels}, what);
+  if (static_cast<int64_t>(size) != n)
+    throw Error(what + ": input has " + std::to_string(size) + " values, " + std::to_string(rows) +
+                " rows of " + std::to_string(channels) + " channels need " + std::to_string(n));
+  check_permutation(perm, channels, what);
+}
+
+void check_value_rotation(const KvShape& shape) {
+  if (!is_fwht_size(shape.head_dim))
+    throw Error("rotate_v: head_dim d = " + std::to_string(shape.head_dim) +
+                " is not a power of two in [2, 32768]");
+}
+
+void check_rotate_k_input(std::span<const float> k_pre_rope, const KvShape& shape,
+                          const RotationParams& params) {
+  check_rotation_shape(shape, params.head_group);
+  check_kv_size(k_pre_rope.size(), shape, "rotate_k");
+  require_finite(k_pre_rope, "rotate_k input");
+  if (!params.perm.empty()) check_permutation(params.perm, shape.channels(), "rotate_k");
+}
 
 void check_rotation_shape(const KvShape& shape, int head_group) {
   if (shape.tokens < 0)
@@ -150,10 +165,7 @@ std::vector<float> unreorder(std::span<const float> y, int64_t rows,
 
 std::vector<float> rotate_k(std::span<const float> k_pre_rope, const KvShape& shape,
                             const RotationParams& params) {
-  check_rotation_shape(shape, params.head_group);
-  check_input_size(k_pre_rope, shape, "rotate_k");
-  require_finite(k_pre_rope, "rotate_k input");
-  if (!params.perm.empty()) check_permutation(params.perm, shape.channels(), "rotate_k");
+  check_rotate_k_input(k_pre_rope, shape, params);
   std::vector<float> rotated(k_pre_rope.begin(), k_pre_rope.end());
   fwht_groups(rotated, shape, params.head_group);
   if (params.perm.empty()) return rotated;
@@ -163,7 +175,7 @@ std::vector<float> rotate_k(std::span<const float> k_pre_rope, const KvShape& sh
 std::vector<float> inverse_rotate_k(std::span<const float> y, const KvShape& shape,
                                     const RotationParams& params) {
   check_rotation_shape(shape, params.head_group);
-  check_input_size(y, shape, "inverse_rotate_k");
+  check_kv_size(y.size(), shape, "inverse_rotate_k");
   require_finite(y, "inverse_rotate_k input");
   std::vector<float> x = params.perm.empty() ? std::vector<float>(y.begin(), y.end())
                                              : unreorder(y, shape.tokens, params.perm);
@@ -172,10 +184,8 @@ std::vector<float> inverse_rotate_k(std::span<const float> y, const KvShape& sha
 }
 
 std::vector<float> rotate_v(std::span<const float> v, const KvShape& shape) {
-  check_input_size(v, shape, "rotate_v");
-  if (!is_fwht_size(shape.head_dim))
-    throw Error("rotate_v: head_dim d = " + std::to_string(shape.head_dim) +
-                " is not a power of two in [2, 32768]");
+  check_kv_size(v.size(), shape, "rotate_v");
+  check_value_rotation(shape);
   require_finite(v, "rotate_v input");
   std::vector<float> out(v.begin(), v.end());
   fwht(out, static_cast<int>(shape.head_dim));

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <span>
+#include <string>
 #include <vector>
 
 namespace kvq {
@@ -29,6 +30,22 @@ std::vector<int32_t> calibrate_permutation(std::span<const float> rotated, int64
 // Checks the shape rule (g divides heads, g*d a power of two) and throws kvq::Error naming the
 // dimension otherwise.
 void check_rotation_shape(const KvShape& shape, int head_group);
+
+// Input validation shared by every backend (reference, avx, cuda), so rules and messages are
+// one definition. Each throws kvq::Error naming `what`:
+// perm must hold every index 0 .. channels-1 exactly once (names the bad entry and channel);
+void check_permutation(std::span<const int32_t> perm, int64_t channels, const std::string& what);
+// `size` values must fill [tokens, heads, head_dim] with heads and head_dim positive;
+void check_kv_size(size_t size, const KvShape& shape, const std::string& what);
+// reorder / unreorder input: rows >= 0, size == rows * perm.size(), perm a permutation;
+void check_reorder_input(size_t size, int64_t rows, std::span<const int32_t> perm,
+                         const std::string& what);
+// rotate_v: head_dim must be a power of two in [2, 32768] (SPEC.md §1), worded as "rotate_v".
+void check_value_rotation(const KvShape& shape);
+// rotate_k: the rotation shape rule, the input size, finite values and the permutation, in this
+// order (every backend's rotate_k).
+void check_rotate_k_input(std::span<const float> k_pre_rope, const KvShape& shape,
+                          const RotationParams& params);
 
 // stored[t, j] = x[t, perm[j]] for each row of `channels` values. perm must be a permutation.
 std::vector<float> reorder(std::span<const float> x, int64_t rows, std::span<const int32_t> perm);

@@ -19,14 +19,7 @@ namespace {
 // [tokens, hidden_size] with a finite value everywhere.
 void check_hidden(std::span<const float> hidden, int64_t tokens, int64_t hidden_size,
                   const std::string& what) {
-  if (tokens < 1 || hidden_size < 1)
-    throw Error(what + ": tokens (" + std::to_string(tokens) + ") and hidden size (" +
-                std::to_string(hidden_size) + ") must be positive");
-  const int64_t n = shape_numel({tokens, hidden_size}, what);
-  if (static_cast<int64_t>(hidden.size()) != n)
-    throw Error(what + ": has " + std::to_string(hidden.size()) + " values, [" +
-                std::to_string(tokens) + ", " + std::to_string(hidden_size) + "] needs " +
-                std::to_string(n));
+  check_hidden_shape(hidden.size(), tokens, hidden_size, what);
   require_finite(hidden, what);
 }
 
@@ -101,6 +94,16 @@ size_t score_count(int64_t tokens, const SinkScoreParams& p) {
 }
 
 }  // namespace
+
+void check_hidden_shape(size_t size, int64_t tokens, int64_t hidden_size, const std::string& what) {
+  if (tokens < 1 || hidden_size < 1)
+    throw Error(what + ": tokens (" + std::to_string(tokens) + ") and hidden size (" +
+                std::to_string(hidden_size) + ") must be positive");
+  const int64_t n = shape_numel({tokens, hidden_size}, what);
+  if (static_cast<int64_t>(size) != n)
+    throw Error(what + ": has " + std::to_string(size) + " values, [" + std::to_string(tokens) +
+                ", " + std::to_string(hidden_size) + "] needs " + std::to_string(n));
+}
 
 TokenAbsmax token_absmax(std::span<const float> hidden, int64_t tokens, int64_t hidden_size) {
   check_hidden(hidden, tokens, hidden_size, "token_absmax hidden");

@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <span>
+#include <string>
 #include <vector>
 
 namespace kvq {
@@ -14,6 +15,9 @@ struct TokenAbsmax {
   std::vector<int32_t> argmax;  // [tokens]
 };
 TokenAbsmax token_absmax(std::span<const float> hidden, int64_t tokens, int64_t hidden_size);
+// token_absmax's shape rule, shared by every backend: tokens and hidden_size positive, `size`
+// values; throws kvq::Error naming `what` (the finiteness check is each backend's own pass).
+void check_hidden_shape(size_t size, int64_t tokens, int64_t hidden_size, const std::string& what);
 
 // SPEC.md §4 median: the T values sorted ascending, element floor(T/2). Empty -> kvq::Error.
 float median_floor(std::span<const float> values);

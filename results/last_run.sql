@@ -1,6 +1,7 @@
--- Summary of the newest run: one row per case and backend, with its check (if any) and its
--- time measurement (if any).
-WITH newest AS (SELECT max(id) AS id FROM runs),
+-- Summary of the newest run: one row per case and backend, with its check and time.
+-- The check and the time measurement are empty where the case has none. --run picks another run
+-- (bound to :run).
+WITH newest AS (SELECT coalesce(:run, max(id)) AS id FROM runs),
 pairs AS (
   SELECT k.case_id, k.backend FROM checks k
   UNION

@@ -1,7 +1,8 @@
--- Speed-up of each backend over the reference backend ('ref') per case, for the newest run that
--- has time measurements: reference time / backend time (> 1 is faster than the reference).
+-- Speed-up of each backend over the reference backend ('ref') per case.
+-- For the newest run that has time measurements (or --run, bound to :run): reference time /
+-- backend time (> 1 is faster than the reference).
 WITH newest AS (
-  SELECT max(c.run_id) AS id FROM measurements m JOIN cases c ON c.id = m.case_id
+  SELECT coalesce(:run, max(c.run_id)) AS id FROM measurements m JOIN cases c ON c.id = m.case_id
   WHERE m.metric = 'time'
 )
 SELECT c.name AS "case", b.backend AS backend, r.value AS ref_time, b.value AS time,

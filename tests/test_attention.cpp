@@ -212,6 +212,10 @@ TEST_CASE("attention: bad caches and queries are errors") {
   DecodeCache empty;
   empty.shape = {0, 2, 8};
   CHECK_THROWS_AS(attention_decode(q, 2, empty), Error);
+  DecodeCache headless = c;
+  headless.shape.heads = 0;  // q_heads % 0 must not be evaluated (it was a SIGFPE)
+  CHECK_THROWS_WITH(attention_decode(q, 2, headless), Catch::Contains("heads >= 1"));
+  CHECK_THROWS_WITH(attention_decode_oracle(q, 2, headless), Catch::Contains("heads >= 1"));
   DecodeCache kept = c;
   kept.kept = {1, 0, 0, 0, 0};  // kept without fp16 rows
   CHECK_THROWS_AS(reconstruct_keys(kept), Error);

@@ -16,8 +16,11 @@
 #include "backends/avx/avx_backend.h"
 #include "backends/backend.h"
 #include "backends/reference_backend.h"
+#include "reference/attention.h"
 #include "reference/error.h"
 #include "reference/half.h"
+#include "reference/quantize.h"
+#include "reference/rotation.h"
 #include "verify/compare.h"
 
 namespace kvq {
@@ -343,29 +346,6 @@ TEST_CASE("avx: token_absmax equals the reference (values and lowest argmax on t
   }
 }
 
-TEST_CASE("avx: expert_statistics equals the reference, ties keep the first token") {
-  const int64_t tokens = 10000, top_k = 2, experts = 16;
-  std::mt19937 rng(8);
-  std::vector<int32_t> ids(tokens * top_k), arg(tokens * top_k);
-  std::vector<float> m(tokens * top_k);
-  for (size_t i = 0; i < ids.size(); ++i) {
-    ids[i] = static_cast<int32_t>(rng() % (experts - 1));  // expert 15 is never routed
-    m[i] = static_cast<float>(rng() % 50);                 // many ties
-    arg[i] = static_cast<int32_t>(rng() % 512);
-  }
-  const auto e = ref().expert_statistics(ids, m, arg, tokens, top_k, experts);
-  for (const Isa& isa : isas()) {
-    const auto g = isa.backend->expert_statistics(ids, m, arg, tokens, top_k, experts);
-    REQUIRE(g.size() == e.size());
-    for (size_t i = 0; i < e.size(); ++i) {
-      INFO(isa.name << " expert " << i);
-      REQUIRE(std::bit_cast<uint32_t>(g[i].max_abs) == std::bit_cast<uint32_t>(e[i].max_abs));
-      REQUIRE(g[i].token == e[i].token);
-      REQUIRE(g[i].channel == e[i].channel);
-    }
-  }
-}
-
 TEST_CASE("avx: non-finite input and fp16 overflow fail with the reference's error") {
   std::vector<float> x = make_data(16, 256, 1);
   x[1000] = std::numeric_limits<float>::infinity();
@@ -390,11 +370,216 @@ TEST_CASE("avx: non-finite input and fp16 overflow fail with the reference's err
   }
 }
 
-TEST_CASE("avx: attention_decode is reported unsupported, never computed by another backend") {
+// ---- decode attention (SPEC.md §7: tolerance against the fp64 oracle) ----------------------
+
+// How a test cache stores K and V (reference/attention.h DecodeCache).
+struct CacheLayout {
+  int bits = 2;
+  Axis axis = Axis::Token;
+  KeyRotation k_rotation = KeyRotation::None;
+  bool k_pre_rope = false;
+  bool v_hadamard = false;
+  bool kept = false;      // fp16 rows for tokens 0, T/2 and T-1 (K and V), parts around them
+  bool outliers = false;  // sparse fp16 outliers replacing dequantized values
+  bool exact_k = false;   // the fp32 method's exact K rows
+  ZeroPoint zero_point = ZeroPoint::Float;
+  std::string name() const {
+    return "b" + std::to_string(bits) + (axis == Axis::Token ? " token" : " channel") + " rot" +
+           std::to_string(static_cast<int>(k_rotation)) + (k_pre_rope ? " pre-rope" : "") +
+           (v_hadamard ? " v-hadamard" : "") + (kept ? " kept" : "") +
+           (outliers ? " outliers" : "") + (exact_k ? " exact-k" : "") +
+           (zero_point == ZeroPoint::Int ? " int-zero" : "");
+  }
+};
+
+// K and V of `tokens` tokens as a method would store them. With kept rows, the quantized
+// tokens go into two parts (the even ones at `bits`, the odd ones at 8 bits, as AKVQ-VL's
+// two widths), so sinks are outside every quantization group (SPEC.md §4).
+DecodeCache make_cache(const KvShape& shape, const CacheLayout& l, uint32_t seed) {
+  const int64_t tokens = shape.tokens, channels = shape.channels();
+  // Scaled so scores spread over a few units: the massive token draws attention, not all of it.
+  std::vector<float> k = make_data(tokens, channels, seed);
+  std::vector<float> v = make_data(tokens, channels, seed + 1);
+  for (float& x : k) x *= 0.05f;
+  for (float& x : v) x *= 0.25f;
+  DecodeCache c;
+  c.shape = shape;
+  c.k_pre_rope = l.k_pre_rope;
+  c.rope_theta = 10000.0f;
+  c.k_rotation = l.k_rotation;
+  c.v_per_head_hadamard = l.v_hadamard;
+  c.k_rotation_params.head_group = 2;
+  c.k_rotation_params.perm = make_perm(channels, seed + 2);
+  std::vector<float> ks = k;  // the quantizer's input basis
+  if (l.k_rotation == KeyRotation::GroupedHadamard) ks = rotate_k(k, shape, c.k_rotation_params);
+  if (l.k_rotation == KeyRotation::PerHeadHadamard) ks = rotate_v(k, shape);
+  const std::vector<float> vs = l.v_hadamard ? rotate_v(v, shape) : v;
+  QuantParams qp;
+  qp.bits = l.bits;
+  qp.axis = l.axis;
+  qp.group = l.axis == Axis::Token ? 64 : 32;  // channel axis: T = 4099 leaves a tail group
+  qp.zero_point = l.zero_point;
+  if (!l.kept) {
+    c.k = quantize(ks, tokens, channels, qp);
+    c.v = quantize(vs, tokens, channels, qp);
+  } else {
+    c.kept.assign(static_cast<size_t>(tokens), 0);
+    for (int64_t t : {int64_t{0}, tokens / 2, tokens - 1}) c.kept[static_cast<size_t>(t)] = 1;
+    for (float x : k) c.k_fp16.push_back(float_to_half(x));
+    for (float x : v) c.v_fp16.push_back(float_to_half(x));
+    for (int parity = 0; parity < 2; ++parity) {
+      DecodeCache::QuantizedRows kp, vp;
+      std::vector<float> kr, vr;
+      for (int64_t t = parity; t < tokens; t += 2) {
+        if (c.kept[static_cast<size_t>(t)]) continue;
+        kp.tokens.push_back(static_cast<int32_t>(t));
+        kr.insert(kr.end(), ks.begin() + t * channels, ks.begin() + (t + 1) * channels);
+        vr.insert(vr.end(), vs.begin() + t * channels, vs.begin() + (t + 1) * channels);
+      }
+      if (kp.tokens.empty()) continue;
+      vp.tokens = kp.tokens;
+      QuantParams pp = qp;
+      if (parity == 1) pp.bits = 8;
+      const auto rows = static_cast<int64_t>(kp.tokens.size());
+      kp.q = quantize(kr, rows, channels, pp);
+      vp.q = quantize(vr, rows, channels, pp);
+      c.k_parts.push_back(std::move(kp));
+      c.v_parts.push_back(std::move(vp));
+    }
+  }
+  if (l.outliers) {
+    for (int64_t i = 3; i < tokens * channels; i += 97) {
+      c.k_outliers.index.push_back(static_cast<int32_t>(i));
+      c.k_outliers.value.push_back(float_to_half(ks[static_cast<size_t>(i)]));
+      c.v_outliers.index.push_back(static_cast<int32_t>(i + 1 < tokens * channels ? i + 1 : i));
+      c.v_outliers.value.push_back(float_to_half(-2.0f));
+    }
+  }
+  if (l.exact_k) c.k_f32 = k;
+  return c;
+}
+
+// q [q_heads, d]: N(0, 1) scaled so the scores spread over several units (a peaked softmax).
+std::vector<float> make_query(int64_t q_heads, int64_t d, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> q(static_cast<size_t>(q_heads * d));
+  for (float& x : q) x = normal(rng) * 0.5f;
+  return q;
+}
+
+// "" when got is within SPEC.md §7's fp32 tolerance (1e-3 of max |o|) of the fp64 oracle.
+std::string tolerance_diff(std::span<const double> oracle, std::span<const float> got,
+                           const std::string& what) {
+  const Comparison c = compare_tolerance(oracle, got, 1e-3);
+  if (c.passed()) return "";
+  return what + ": max rel error " + std::to_string(c.max_rel_error) + ", first at " +
+         std::to_string(c.first_mismatch) + " expected " + c.expected + " got " + c.got;
+}
+
+std::vector<CacheLayout> cache_layouts() {
+  std::vector<CacheLayout> out;
+  for (int bits : {2, 4, 8})
+    for (Axis axis : {Axis::Token, Axis::Channel})
+      for (bool extras : {false, true}) {
+        CacheLayout l;
+        l.bits = bits;
+        l.axis = axis;
+        l.kept = l.outliers = extras;
+        out.push_back(l);
+      }
+  CacheLayout rotatekv;  // RotateKV: grouped rotation + reorder of pre-RoPE K, V per-head FWHT
+  rotatekv.k_rotation = KeyRotation::GroupedHadamard;
+  rotatekv.k_pre_rope = rotatekv.v_hadamard = rotatekv.kept = true;
+  out.push_back(rotatekv);
+  CacheLayout akvq;  // AKVQ-VL: per-head FWHT of post-RoPE K and of V
+  akvq.k_rotation = KeyRotation::PerHeadHadamard;
+  akvq.v_hadamard = akvq.outliers = true;
+  akvq.bits = 4;
+  out.push_back(akvq);
+  CacheLayout kvquant;  // KVQuant: pre-RoPE per-channel K with outliers, integer zero point
+  kvquant.axis = Axis::Channel;
+  kvquant.k_pre_rope = kvquant.outliers = kvquant.kept = true;
+  kvquant.zero_point = ZeroPoint::Int;
+  kvquant.bits = 3;
+  out.push_back(kvquant);
+  CacheLayout exact;  // the fp32 baseline's K with a quantized V
+  exact.exact_k = true;
+  out.push_back(exact);
+  return out;
+}
+
+TEST_CASE("avx: attention_decode is within SPEC.md §7 tolerance of the fp64 oracle") {
+  for (const Isa& isa : isas()) REQUIRE(isa.backend->supports(Op::AttentionDecode));
+  for (int64_t d : {64, 128})
+    for (int64_t tokens : {1, 7, 4099}) {
+      const KvShape shape{tokens, 2, d};
+      const int64_t q_heads = 4 * shape.heads;  // grouped-query attention
+      const std::vector<float> q = make_query(q_heads, d, 5);
+      for (const CacheLayout& l : cache_layouts()) {
+        if (tokens == 4099 && d == 64 && l.bits != 2) continue;  // keeps the run short
+        const DecodeCache c = make_cache(shape, l, 11);
+        const std::vector<double> oracle = attention_decode_oracle(q, q_heads, c);
+        for (const Isa& isa : isas()) {
+          const std::string what =
+              isa.name + " T" + std::to_string(tokens) + " d" + std::to_string(d) + " " + l.name();
+          REQUIRE(tolerance_diff(oracle, isa.backend->attention_decode(q, q_heads, c), what) == "");
+        }
+      }
+    }
+}
+
+TEST_CASE("avx: attention_decode does not depend on the OpenMP thread count (1 vs 2)") {
+  const KvShape shape{4099, 2, 128};
+  CacheLayout l;
+  l.kept = l.outliers = true;
+  l.k_rotation = KeyRotation::GroupedHadamard;
+  l.k_pre_rope = true;
+  const DecodeCache c = make_cache(shape, l, 3);
+  const std::vector<float> q = make_query(8, 128, 4);
   for (const Isa& isa : isas()) {
-    REQUIRE_FALSE(isa.backend->supports(Op::AttentionDecode));
-    REQUIRE(isa.backend->supports(Op::RotateQuantize));
-    REQUIRE_THROWS_AS(isa.backend->attention_decode({}, 1, DecodeCache{}), Error);
+    omp_set_num_threads(1);
+    const std::vector<float> one = isa.backend->attention_decode(q, 8, c);
+    omp_set_num_threads(2);
+    const std::vector<float> two = isa.backend->attention_decode(q, 8, c);
+    REQUIRE(bitwise_diff(one, two, isa.name + " attention threads 1 vs 2") == "");
+  }
+}
+
+TEST_CASE("avx: attention_decode rejects invalid caches with the reference's error") {
+  const KvShape shape{7, 2, 64};
+  CacheLayout l;
+  l.kept = true;
+  const DecodeCache good = make_cache(shape, l, 1);
+  const std::vector<float> q = make_query(8, 64, 2);
+  std::vector<DecodeCache> bad(6, good);
+  bad[0].k_parts[0].tokens[0] = 7;                            // token outside the cache
+  bad[1].v_parts[1].tokens[0] = bad[1].v_parts[0].tokens[0];  // a token quantized twice
+  bad[2].kept[0] = 0;                                         // neither kept nor quantized
+  bad[3].k_fp16.pop_back();                                   // kept rows too short
+  bad[4].v_outliers.index = {1000000};                        // outlier outside the cache
+  bad[4].v_outliers.value = {0};
+  bad[5].k_fp16[3] = 0x7C00;  // an inf in a kept row
+  for (size_t i = 0; i < bad.size(); ++i) {
+    std::string expected;
+    try {
+      ref().attention_decode(q, 8, bad[i]);
+    } catch (const Error& e) {
+      expected = e.what();
+    }
+    REQUIRE(expected != "");
+    for (const Isa& isa : isas())
+      REQUIRE_THROWS_WITH(isa.backend->attention_decode(q, 8, bad[i]), expected);
+  }
+  std::vector<float> nan_q = q;
+  nan_q[5] = std::nanf("");
+  for (const Isa& isa : isas()) {
+    REQUIRE_THROWS_WITH(isa.backend->attention_decode(q, 3, good),
+                        "attention_decode: q_heads (3) must be a positive multiple of the KV "
+                        "heads (2)");
+    REQUIRE_THROWS_AS(isa.backend->attention_decode(nan_q, 8, good), Error);
+    DecodeCache no_heads;
+    REQUIRE_THROWS_AS(isa.backend->attention_decode(q, 8, no_heads), Error);
   }
 }
 

@@ -1,39 +1,14 @@
-// The AVX-512 kernel table: the shared bodies instantiated on kvq::avx512::Simd. Compiled with
-// -mavx512f -mavx512bw -mavx512dq -mavx512vl -mfma -mf16c (backends/avx/meson.build); runs only
-// after avx_backend.cpp found those features by CPUID.
+// The AVX-512 kernel table: the shared bodies (kernel_table.h) instantiated on
+// kvq::avx512::Simd. Compiled with -mavx512f -mavx512bw -mavx512dq -mavx512vl -mfma -mf16c
+// (backends/avx/meson.build); runs only after avx_backend.cpp found those features by CPUID.
 #include "backends/avx/simd_avx512.h"
 // The bodies below are instantiated on the traits above.
-#include "backends/avx/fwht.h"
-#include "backends/avx/kernels.h"
-#include "backends/avx/quantize.h"
-#include "backends/avx/rotate_quantize.h"
-#include "backends/avx/token_absmax.h"
+#include "backends/avx/kernel_table.h"
 
 namespace kvq::avx {
 
-namespace {
-using S = kvq::avx512::Simd;
-uint16_t to_half(float f) {
-  return S::to_half(f);
-}
-float from_half(uint16_t h) {
-  return S::from_half(h);
-}
-}  // namespace
-
 const Kernels& avx512_kernels() {
-  static const Kernels table = {
-      &fwht_kernel<S>,
-      &reorder_kernel<S>,
-      &rotate_kernel<S>,
-      &quantize_kernel<S>,
-      &dequantize_kernel<S>,
-      &rotate_quantize_kernel<S>,
-      &token_absmax_kernel<S>,
-      &to_half,
-      &from_half,
-  };
-  return table;
+  return kernel_table<kvq::avx512::Simd>();
 }
 
 }  // namespace kvq::avx

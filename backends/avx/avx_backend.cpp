@@ -3,26 +3,23 @@
 // flags; a kernel table is only touched after CPUID said the CPU can run it.
 #include "backends/avx/avx_backend.h"
 
-#include <algorithm>
-#include <cmath>
+#include <cpuid.h>
+
 #include <cstdlib>
 #include <string>
 
-#include "backends/avx/expert_statistics.h"
+#include "backends/avx/decode_cache.h"
+#include "backends/avx/quant_spec.h"
 #include "reference/error.h"
 #include "reference/fwht.h"
-#include "reference/half.h"
+#include "reference/quantize.h"
+#include "reference/rotation.h"
+#include "reference/sinks.h"
 #include "reference/tensor.h"
 
 namespace kvq {
 
 namespace {
-
-constexpr int64_t kMaxFwhtSize = 32768;  // SPEC.md §1
-
-bool is_fwht_size(int64_t n) {
-  return n >= 2 && n <= kMaxFwhtSize && (n & (n - 1)) == 0;
-}
 
 // ---- CPU features and the KVQ_MAX_ISA cap -------------------------------------------------
 
@@ -30,6 +27,15 @@ struct IsaStatus {
   bool cpu = false;      // the CPU (and OS) support every feature
   std::string features;  // what was found, or what is missing
 };
+
+// F16C from CPUID leaf 1, ECX bit 29 (Intel SDM vol. 2A, CPUID): clang 14's
+// __builtin_cpu_supports does not accept "f16c", and <cpuid.h> exists in both compilers. The
+// OS-support (XGETBV) half of the check is the avx2/avx512f test that F16C is always paired with.
+bool cpu_has_f16c() {
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx)) return false;
+  return (ecx & bit_F16C) != 0;
+}
 
 IsaStatus probe(const char* const* names, bool (*const* tests)(), int count) {
   IsaStatus s;
@@ -50,7 +56,7 @@ const IsaStatus& avx512_status() {
                                       [] { return __builtin_cpu_supports("avx512dq") != 0; },
                                       [] { return __builtin_cpu_supports("avx512vl") != 0; },
                                       [] { return __builtin_cpu_supports("fma") != 0; },
-                                      [] { return __builtin_cpu_supports("f16c") != 0; }};
+                                      [] { return cpu_has_f16c(); }};
     return probe(names, tests, 6);
   }();
   return status;
@@ -62,7 +68,7 @@ const IsaStatus& avx2_status() {
     static const char* const names[] = {"avx2", "fma", "f16c"};
     static bool (*const tests[])() = {[] { return __builtin_cpu_supports("avx2") != 0; },
                                       [] { return __builtin_cpu_supports("fma") != 0; },
-                                      [] { return __builtin_cpu_supports("f16c") != 0; }};
+                                      [] { return cpu_has_f16c(); }};
     return probe(names, tests, 3);
   }();
   return status;
@@ -84,34 +90,6 @@ int isa_cap(std::string& why) {
 
 // ---- validation shared by the ops (the reference's checks and wording) -----------------------
 
-void check_permutation(std::span<const int32_t> perm, int64_t channels, const std::string& what) {
-  if (static_cast<int64_t>(perm.size()) != channels)
-    throw Error(what + ": permutation has " + std::to_string(perm.size()) +
-                " entries, expected one per channel (" + std::to_string(channels) + ")");
-  std::vector<uint8_t> seen(perm.size(), 0);
-  for (size_t j = 0; j < perm.size(); ++j) {
-    const int32_t p = perm[j];
-    if (p < 0 || static_cast<int64_t>(p) >= channels)
-      throw Error(what + ": permutation entry " + std::to_string(j) + " = " + std::to_string(p) +
-                  " is outside [0, " + std::to_string(channels) + ")");
-    if (seen[static_cast<size_t>(p)])
-      throw Error(what + ": permutation entry " + std::to_string(j) + " repeats channel " +
-                  std::to_string(p));
-    seen[static_cast<size_t>(p)] = 1;
-  }
-}
-
-void check_kv_size(size_t size, const KvShape& shape, const std::string& what) {
-  if (shape.heads < 1 || shape.head_dim < 1)
-    throw Error(what + ": heads (" + std::to_string(shape.heads) + ") and head_dim (" +
-                std::to_string(shape.head_dim) + ") must be positive");
-  const int64_t n = shape_numel({shape.tokens, shape.heads, shape.head_dim}, what);
-  if (static_cast<int64_t>(size) != n)
-    throw Error(what + ": input has " + std::to_string(size) + " values, shape [tokens " +
-                std::to_string(shape.tokens) + ", heads " + std::to_string(shape.heads) +
-                ", head_dim " + std::to_string(shape.head_dim) + "] needs " + std::to_string(n));
-}
-
 void throw_nonfinite(const std::string& what, float value, int64_t index) {
   throw Error(what + ": non-finite value " + std::to_string(value) + " at index " +
               std::to_string(index));
@@ -120,35 +98,6 @@ void throw_nonfinite(const std::string& what, float value, int64_t index) {
 [[noreturn]] void throw_out_of_memory(const std::string& what, int64_t floats) {
   throw Error(what + ": could not allocate a per-thread scratch buffer of " +
               std::to_string(floats) + " floats");
-}
-
-avx::QuantSpec quant_spec(const GroupLayout& l, const QuantParams& p) {
-  avx::QuantSpec s;
-  s.bits = p.bits;
-  s.channel_axis = p.axis == Axis::Channel;
-  s.int_zero = p.zero_point == ZeroPoint::Int;
-  s.clip = p.clip;
-  s.rows = l.rows;
-  s.cols = l.cols;
-  s.group = l.group;
-  s.groups_per_line = l.groups_per_line;
-  s.full_bytes = (l.group * p.bits + 7) / 8;
-  s.line_bytes = (!s.channel_axis && l.rows > 0) ? l.total_bytes() / l.rows : 0;
-  return s;
-}
-
-Quantized allocate(int64_t rows, int64_t cols, const QuantParams& params, const GroupLayout& l) {
-  Quantized q;
-  q.rows = rows;
-  q.cols = cols;
-  q.params = params;
-  q.codes.assign(static_cast<size_t>(l.total_bytes()), 0);
-  q.scale.assign(static_cast<size_t>(l.group_count), 0);
-  if (params.zero_point == ZeroPoint::Float)
-    q.zero.assign(static_cast<size_t>(l.group_count), 0);
-  else
-    q.zero_int.assign(static_cast<size_t>(l.group_count), 0);
-  return q;
 }
 
 avx::QuantOut outputs(Quantized& q) {
@@ -160,27 +109,12 @@ avx::QuantOut outputs(Quantized& q) {
   return o;
 }
 
-// The reference's overflow message for group i (reference/quantize.cpp), recomputed from x.
-[[noreturn]] void throw_overflow(const GroupLayout& l, const QuantParams& p, const float* x,
-                                 int64_t i, const std::string& what) {
-  const int64_t first = l.first_element(i);
-  const int64_t n = l.group_size(i);
-  const int64_t stride = l.element_stride();
-  float lo = x[first], hi = x[first];
-  for (int64_t k = 1; k < n; ++k) {
-    lo = std::min(lo, x[first + k * stride]);
-    hi = std::max(hi, x[first + k * stride]);
-  }
-  lo *= p.clip;
-  hi *= p.clip;
-  const float range = (hi - lo) / static_cast<float>((1 << p.bits) - 1);
-  const bool scale_bad = (float_to_half(range) & 0x7C00u) == 0x7C00u;
-  throw Error(what + ": group " + std::to_string(i) + " (row " + std::to_string(first / l.cols) +
-              ", col " + std::to_string(first % l.cols) + ", " + std::to_string(n) +
-              " elements): " +
-              (scale_bad ? "scale (hi - lo) / (2^b - 1) = " + std::to_string(range)
-                         : "zero lo = " + std::to_string(lo)) +
-              " overflows fp16");
+// A group's scale or zero overflowed fp16 in the kernel: the reference quantizer, run on the
+// same input, throws its own message naming the group (errors are rare; one wording).
+[[noreturn]] void throw_overflow(std::span<const float> x, int64_t rows, int64_t cols,
+                                 const QuantParams& p, const std::string& what) {
+  (void)kvq::quantize(x, rows, cols, p, what);
+  throw Error(what + ": a group's scale or zero overflows fp16");
 }
 
 class AvxBackend final : public Backend {
@@ -188,7 +122,7 @@ class AvxBackend final : public Backend {
   AvxBackend(std::string name, const avx::Kernels& k) : name_(std::move(name)), k_(k) {}
 
   std::string name() const override { return name_; }
-  bool supports(Op op) const override { return op != Op::AttentionDecode; }
+  bool supports(Op) const override { return true; }
 
   void fwht(std::span<float> x, int n) const override {
     const float s = fwht_scale(n);  // validates n (SPEC.md §1)
@@ -200,14 +134,8 @@ class AvxBackend final : public Backend {
 
   std::vector<float> reorder(std::span<const float> x, int64_t rows,
                              std::span<const int32_t> perm) const override {
+    check_reorder_input(x.size(), rows, perm, "reorder");
     const auto channels = static_cast<int64_t>(perm.size());
-    if (rows < 0) throw Error("reorder: negative row count " + std::to_string(rows));
-    const int64_t n = shape_numel({rows, channels}, "reorder");
-    if (static_cast<int64_t>(x.size()) != n)
-      throw Error("reorder: input has " + std::to_string(x.size()) + " values, " +
-                  std::to_string(rows) + " rows of " + std::to_string(channels) +
-                  " channels need " + std::to_string(n));
-    check_permutation(perm, channels, "reorder");
     std::vector<float> out(x.size());
     k_.reorder(x.data(), rows, channels, perm.data(), out.data());
     return out;
@@ -215,10 +143,7 @@ class AvxBackend final : public Backend {
 
   std::vector<float> rotate_k(std::span<const float> k_pre_rope, const KvShape& shape,
                               const RotationParams& params) const override {
-    check_rotation_shape(shape, params.head_group);
-    check_kv_size(k_pre_rope.size(), shape, "rotate_k");
-    require_finite(k_pre_rope, "rotate_k input");
-    if (!params.perm.empty()) check_permutation(params.perm, shape.channels(), "rotate_k");
+    check_rotate_k_input(k_pre_rope, shape, params);
     const int n = static_cast<int>(params.head_group * shape.head_dim);
     avx::RowRotation rot{n, fwht_scale(n), params.perm.empty() ? nullptr : params.perm.data()};
     std::vector<float> out(k_pre_rope.size());
@@ -229,9 +154,7 @@ class AvxBackend final : public Backend {
 
   std::vector<float> rotate_v(std::span<const float> v, const KvShape& shape) const override {
     check_kv_size(v.size(), shape, "rotate_v");
-    if (!is_fwht_size(shape.head_dim))
-      throw Error("rotate_v: head_dim d = " + std::to_string(shape.head_dim) +
-                  " is not a power of two in [2, 32768]");
+    check_value_rotation(shape);
     require_finite(v, "rotate_v input");
     const int n = static_cast<int>(shape.head_dim);
     avx::RowRotation rot{n, fwht_scale(n), nullptr};
@@ -249,41 +172,20 @@ class AvxBackend final : public Backend {
       throw Error(what + ": input has " + std::to_string(x.size()) + " values, shape [" +
                   std::to_string(rows) + ", " + std::to_string(cols) + "] needs " +
                   std::to_string(rows * cols));
-    Quantized q = allocate(rows, cols, params, l);
-    const avx::Faults f = k_.quantize(x.data(), quant_spec(l, params), outputs(q));
+    Quantized q = make_quantized(rows, cols, params, l);
+    const avx::Faults f = k_.quantize(x.data(), avx::quant_spec(l, params), outputs(q));
     if (f.bad_input >= 0) throw_nonfinite(what, x[static_cast<size_t>(f.bad_input)], f.bad_input);
-    if (f.bad_group >= 0) throw_overflow(l, params, x.data(), f.bad_group, what);
+    if (f.bad_group >= 0) throw_overflow(x, rows, cols, params, what);
     return q;
   }
 
   std::vector<float> dequantize(const Quantized& q) const override {
     const GroupLayout l = group_layout(q.rows, q.cols, q.params);
-    const std::string what = "dequantize";
-    if (static_cast<int64_t>(q.codes.size()) != l.total_bytes())
-      throw Error(what + ": codes hold " + std::to_string(q.codes.size()) +
-                  " bytes, layout needs " + std::to_string(l.total_bytes()));
-    if (static_cast<int64_t>(q.scale.size()) != l.group_count)
-      throw Error(what + ": " + std::to_string(q.scale.size()) + " scales for " +
-                  std::to_string(l.group_count) + " groups");
+    check_quantized(q, l, "dequantize");
     const bool is_float = q.params.zero_point == ZeroPoint::Float;
-    const size_t zeros = is_float ? q.zero.size() : q.zero_int.size();
-    if (static_cast<int64_t>(zeros) != l.group_count)
-      throw Error(what + ": " + std::to_string(zeros) + (is_float ? " zeros" : " integer zeros") +
-                  " for " + std::to_string(l.group_count) + " groups");
-    for (int64_t i = 0; i < l.group_count; ++i) {
-      const bool bad =
-          (q.scale[i] & 0x7C00u) == 0x7C00u || (is_float && (q.zero[i] & 0x7C00u) == 0x7C00u);
-      if (bad) {
-        const int64_t first = l.first_element(i);
-        throw Error(what + ": group " + std::to_string(i) + " (row " +
-                    std::to_string(first / l.cols) + ", col " + std::to_string(first % l.cols) +
-                    ", " + std::to_string(l.group_size(i)) +
-                    " elements) has a non-finite scale or zero");
-      }
-    }
     std::vector<float> out(static_cast<size_t>(q.rows * q.cols));
     k_.dequantize(q.codes.data(), q.scale.data(), is_float ? q.zero.data() : nullptr,
-                  is_float ? nullptr : q.zero_int.data(), quant_spec(l, q.params), out.data());
+                  is_float ? nullptr : q.zero_int.data(), avx::quant_spec(l, q.params), out.data());
     return out;
   }
 
@@ -315,17 +217,16 @@ class AvxBackend final : public Backend {
         break;
       }
       case AppendRotation::PerHead:
-        if (shape.heads < 1 || !is_fwht_size(shape.head_dim))
-          throw Error("rotate_v: head_dim d = " + std::to_string(shape.head_dim) +
-                      " is not a power of two in [2, 32768]");
+        check_kv_size(static_cast<size_t>(kv.numel()), shape, "rotate_v");
+        check_value_rotation(shape);
         rot.n = static_cast<int>(shape.head_dim);
         break;
     }
     if (rot.n > 0) rot.scale = fwht_scale(rot.n);
     const GroupLayout l = group_layout(shape.tokens, shape.channels(), params.quant);
-    Quantized q = allocate(shape.tokens, shape.channels(), params.quant, l);
+    Quantized q = make_quantized(shape.tokens, shape.channels(), params.quant, l);
     const avx::Faults f =
-        k_.rotate_quantize(kv.data, src, rot, quant_spec(l, params.quant), outputs(q));
+        k_.rotate_quantize(kv.data, src, rot, avx::quant_spec(l, params.quant), outputs(q));
     if (f.out_of_memory)
       throw_out_of_memory("rotate_quantize",
                           params.quant.axis == Axis::Channel ? l.group * l.cols : l.cols);
@@ -338,7 +239,7 @@ class AvxBackend final : public Backend {
         throw_out_of_memory("rotate_quantize", shape.channels());
       if (f.bad_rotated >= 0)
         throw_nonfinite(what, r[static_cast<size_t>(f.bad_rotated)], f.bad_rotated);
-      throw_overflow(l, params.quant, r.data(), f.bad_group, what);
+      throw_overflow(r, shape.tokens, shape.channels(), params.quant, what);
     }
     return q;
   }
@@ -346,14 +247,7 @@ class AvxBackend final : public Backend {
   TokenAbsmax token_absmax(std::span<const float> hidden, int64_t tokens,
                            int64_t hidden_size) const override {
     const std::string what = "token_absmax hidden";
-    if (tokens < 1 || hidden_size < 1)
-      throw Error(what + ": tokens (" + std::to_string(tokens) + ") and hidden size (" +
-                  std::to_string(hidden_size) + ") must be positive");
-    const int64_t n = shape_numel({tokens, hidden_size}, what);
-    if (static_cast<int64_t>(hidden.size()) != n)
-      throw Error(what + ": has " + std::to_string(hidden.size()) + " values, [" +
-                  std::to_string(tokens) + ", " + std::to_string(hidden_size) + "] needs " +
-                  std::to_string(n));
+    check_hidden_shape(hidden.size(), tokens, hidden_size, what);
     TokenAbsmax out;
     out.absmax.assign(static_cast<size_t>(tokens), 0.0f);
     out.argmax.assign(static_cast<size_t>(tokens), 0);
@@ -367,12 +261,18 @@ class AvxBackend final : public Backend {
                                             std::span<const float> down_absmax,
                                             std::span<const int32_t> down_argmax, int64_t tokens,
                                             int64_t top_k, int64_t num_experts) const override {
-    return avx::expert_statistics(ids, down_absmax, down_argmax, tokens, top_k, num_experts);
+    // Not performance-relevant (tokens * top_k scalars): the reference is the implementation.
+    return kvq::expert_statistics(ids, down_absmax, down_argmax, tokens, top_k, num_experts);
   }
 
-  std::vector<float> attention_decode(std::span<const float>, int64_t,
-                                      const DecodeCache&) const override {
-    throw Error(name_ + ": attention_decode is not supported by this backend");
+  // SPEC.md §7 (tolerance): backends/avx/attention_decode.h.
+  std::vector<float> attention_decode(std::span<const float> q, int64_t q_heads,
+                                      const DecodeCache& cache) const override {
+    const avx::DecodeTables tables(q, q_heads, cache);  // the reference's rules and errors
+    std::vector<float> out(static_cast<size_t>(q_heads * cache.shape.head_dim));
+    if (!k_.attention_decode(tables.problem(), out.data()))
+      throw_out_of_memory("attention_decode", 2 * avx::kDecodeChunk * cache.shape.channels());
+    return out;
   }
 
  private:

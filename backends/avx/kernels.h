@@ -48,6 +48,44 @@ struct RowRotation {
   const int32_t* perm = nullptr;
 };
 
+// One quantized part of a decode cache (the whole K or V, or one DecodeCache::QuantizedRows),
+// validated by the caller (backends/avx/decode_cache.h).
+struct DecodePart {
+  const uint8_t* codes = nullptr;
+  const uint16_t* scale = nullptr;
+  const uint16_t* zero = nullptr;     // float zero point, or null
+  const uint8_t* zero_int = nullptr;  // integer zero point, or null
+  QuantSpec spec;
+};
+
+// Where K or V of each cached token comes from and how it returns to the original basis
+// (reference reconstruct_keys / reconstruct_values, SPEC.md §7), per token row of `cols` values.
+struct DecodeSide {
+  const float* f32 = nullptr;  // exact rows [tokens, cols]: when set, nothing else is read
+  const DecodePart* parts = nullptr;
+  const int32_t* part = nullptr;            // [tokens]: index into parts, or -1 = the fp16 row
+  const int64_t* row = nullptr;             // [tokens]: the token's row in its part
+  const uint16_t* fp16 = nullptr;           // kept rows [tokens, cols], original basis
+  const int64_t* outlier_begin = nullptr;   // [tokens + 1] ranges into outlier_col/value, or null
+  const int32_t* outlier_col = nullptr;     // column in the stored basis, in the cache's order
+  const uint16_t* outlier_value = nullptr;  // fp16 bits
+  const int32_t* unperm = nullptr;          // undo the reorder first: x[i] = y[unperm[i]], or null
+  int fwht_n = 0;                           // then fwht over blocks of n (0 = none)
+  float fwht_scale = 1.0f;
+  const double* rope_freq = nullptr;  // [head_dim / 2] theta^(-2i/d): RoPE at the token, or null
+};
+
+// Tokens per work item of the decode attention: a thread rebuilds K and V rows of this many
+// tokens (2 * 64 * channels floats; 512 KiB at 1024 channels, about one L2).
+constexpr int64_t kDecodeChunk = 64;
+
+// One decode-attention problem (reference attention_decode): q [q_heads, head_dim] post-RoPE.
+struct DecodeProblem {
+  int64_t tokens = 0, heads = 0, head_dim = 0, q_heads = 0;
+  const float* q = nullptr;
+  DecodeSide k, v;
+};
+
 struct Kernels {
   // x: blocks * n values, transformed in place (SPEC.md §1).
   void (*fwht)(float* x, int64_t blocks, int n, float s);
@@ -65,6 +103,9 @@ struct Kernels {
   // absmax[t] = max_c |h[t, c]|, argmax the lowest such c. Returns the first non-finite index.
   int64_t (*token_absmax)(const float* h, int64_t rows, int64_t cols, float* absmax,
                           int32_t* argmax);
+  // o [q_heads, head_dim] of the decode attention (SPEC.md §7, a tolerance op). False when
+  // scratch memory could not be allocated.
+  bool (*attention_decode)(const DecodeProblem& p, float* out);
   // fp16 conversions as the kernels do them (tested against reference/half.h).
   uint16_t (*to_half)(float f);
   float (*from_half)(uint16_t h);

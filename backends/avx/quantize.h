@@ -374,6 +374,69 @@ Faults quantize_kernel(const float* x, const QuantSpec& spec, const QuantOut& ou
   return f;
 }
 
+// Row r of a token-axis quantization, dequantized into dst (spec.cols values): x_hat =
+// fma((float)q, s, z), or s * (float)(q - zp) for the integer zero point (SPEC.md §3).
+template <class S>
+inline void dequantize_token_row(const uint8_t* codes, const uint16_t* scale, const uint16_t* zero,
+                                 const uint8_t* zero_int, const QuantSpec& spec,
+                                 typename S::VI shifts, int64_t r, float* dst_row) {
+  using V = typename S::V;
+  using VI = typename S::VI;
+  constexpr int W = S::W;
+  const int bits = spec.bits;
+  for (int64_t gi = 0; gi < spec.groups_per_line; ++gi) {
+    const int64_t index = r * spec.groups_per_line + gi;
+    const int64_t c0 = gi * spec.group;
+    const int64_t n = min_i64(spec.group, spec.cols - c0);
+    const uint8_t* in = codes + r * spec.line_bytes + gi * spec.full_bytes;
+    float* dst = dst_row + c0;
+    const V s = S::set1(S::from_half(scale[index]));
+    const V z = spec.int_zero ? S::zero() : S::set1(S::from_half(zero[index]));
+    const VI zp = S::seti(spec.int_zero ? zero_int[index] : 0);
+    for (int64_t k = 0; k < n; k += W) {
+      const int m = n - k < W ? static_cast<int>(n - k) : W;
+      VI q;
+      if (bits == 8) {
+        q = S::load_bytes_n(in + k, m);
+      } else {
+        uint64_t w = 0;
+        std::memcpy(&w, in + k * bits / 8, static_cast<size_t>(stream_bytes_of(m, bits)));
+        q = S::unpack(w, shifts, bits);
+      }
+      const V v = spec.int_zero ? S::mul(s, S::code_to_float(S::subi(q, zp)))
+                                : S::fmadd(S::code_to_float(q), s, z);
+      S::store_n(dst + k, v, m);
+    }
+  }
+}
+
+// Row r of a channel-axis quantization into dst: code r mod G of every column's stream, one
+// element at a time (decode attention reads single rows of such caches; the whole-tensor
+// dequantize below goes column-vector-wise instead). Same arithmetic as above.
+template <class S>
+inline void dequantize_channel_row(const uint8_t* codes, const uint16_t* scale,
+                                   const uint16_t* zero, const uint8_t* zero_int,
+                                   const QuantSpec& spec, int64_t r, float* dst) {
+  const int bits = spec.bits;
+  const int64_t rb = r / spec.group, k = r % spec.group;
+  const int64_t gs = min_i64(spec.group, spec.rows - rb * spec.group);
+  const int64_t stream = stream_bytes_of(gs, bits);
+  const uint8_t* block = codes + rb * spec.cols * spec.full_bytes;
+  const int64_t bit = k * bits;
+  // A code straddles two bytes only for b = 3; the second byte then lies inside the stream.
+  const bool two = (bit % 8) + bits > 8;
+  const unsigned mask = (1u << bits) - 1u;
+  for (int64_t c = 0; c < spec.cols; ++c) {
+    const uint8_t* in = block + c * stream + bit / 8;
+    const unsigned w = two ? (unsigned{in[0]} | (unsigned{in[1]} << 8)) : unsigned{in[0]};
+    const auto code = static_cast<int>((w >> (bit % 8)) & mask);
+    const int64_t index = rb * spec.cols + c;
+    const float s = S::from_half(scale[index]);
+    dst[c] = spec.int_zero ? s * static_cast<float>(code - zero_int[index])
+                           : S::fma_scalar(static_cast<float>(code), s, S::from_half(zero[index]));
+  }
+}
+
 // Dequantize (SPEC.md §3): x_hat = fma((float)q, s, z), or s * (float)(q - zp) for the integer
 // zero point, as reference dequantize.
 template <class S>
@@ -386,32 +449,8 @@ void dequantize_kernel(const uint8_t* codes, const uint16_t* scale, const uint16
   const VI shifts = S::lane_shifts(bits);
   if (!spec.channel_axis) {
 #pragma omp parallel for schedule(static) if (spec.rows * spec.cols > 65536)
-    for (int64_t r = 0; r < spec.rows; ++r) {
-      for (int64_t gi = 0; gi < spec.groups_per_line; ++gi) {
-        const int64_t index = r * spec.groups_per_line + gi;
-        const int64_t c0 = gi * spec.group;
-        const int64_t n = min_i64(spec.group, spec.cols - c0);
-        const uint8_t* in = codes + r * spec.line_bytes + gi * spec.full_bytes;
-        float* dst = out + r * spec.cols + c0;
-        const V s = S::set1(S::from_half(scale[index]));
-        const V z = spec.int_zero ? S::zero() : S::set1(S::from_half(zero[index]));
-        const VI zp = S::seti(spec.int_zero ? zero_int[index] : 0);
-        for (int64_t k = 0; k < n; k += W) {
-          const int m = n - k < W ? static_cast<int>(n - k) : W;
-          VI q;
-          if (bits == 8) {
-            q = S::load_bytes_n(in + k, m);
-          } else {
-            uint64_t w = 0;
-            std::memcpy(&w, in + k * bits / 8, static_cast<size_t>(stream_bytes_of(m, bits)));
-            q = S::unpack(w, shifts, bits);
-          }
-          const V v = spec.int_zero ? S::mul(s, S::code_to_float(S::subi(q, zp)))
-                                    : S::fmadd(S::code_to_float(q), s, z);
-          S::store_n(dst + k, v, m);
-        }
-      }
-    }
+    for (int64_t r = 0; r < spec.rows; ++r)
+      dequantize_token_row<S>(codes, scale, zero, zero_int, spec, shifts, r, out + r * spec.cols);
     return;
   }
   const int64_t chunks = (spec.cols + W - 1) / W;

@@ -25,18 +25,19 @@ static inline float* scratch_floats(int64_t count) {
 }
 
 // Row `row` of the [rows, cols] input as fp32 into buf; false when it holds a non-finite value.
-template <class S>
-inline bool widen_row(const void* src, Src type, int64_t row, int64_t cols, float* buf) {
+// The element type is a template parameter so the per-vector loop carries no type dispatch.
+template <class S, Src kType>
+inline bool widen_row_as(const void* src, int64_t row, int64_t cols, float* buf) {
   using V = typename S::V;
   V bad = S::zero();
   const int64_t base = row * cols;
   for (int64_t k = 0; k < cols; k += S::W) {
     const int m = cols - k < S::W ? static_cast<int>(cols - k) : S::W;
     V v;
-    if (type == Src::F32) {
+    if constexpr (kType == Src::F32) {
       const float* p = static_cast<const float*>(src) + base + k;
       v = m == S::W ? S::load(p) : S::load_n(p, m, S::zero());
-    } else if (type == Src::F16) {
+    } else if constexpr (kType == Src::F16) {
       v = S::load_f16_n(static_cast<const uint16_t*>(src) + base + k, m);
     } else {
       v = S::load_bf16_n(static_cast<const uint16_t*>(src) + base + k, m);
@@ -48,6 +49,15 @@ inline bool widen_row(const void* src, Src type, int64_t row, int64_t cols, floa
       S::store_n(buf + k, v, m);
   }
   return !S::any_bits(bad);
+}
+
+template <class S>
+inline bool widen_row(const void* src, Src type, int64_t row, int64_t cols, float* buf) {
+  switch (type) {
+    case Src::F32: return widen_row_as<S, Src::F32>(src, row, cols, buf);
+    case Src::F16: return widen_row_as<S, Src::F16>(src, row, cols, buf);
+    default: return widen_row_as<S, Src::BF16>(src, row, cols, buf);
+  }
 }
 
 template <class S>

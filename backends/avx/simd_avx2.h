@@ -1,6 +1,7 @@
-// AVX2 + FMA + F16C traits for the kernel bodies shared with AVX-512 (backends/avx/*_body.h).
-// Included only by backends/avx/avx2.cpp, compiled with -mavx2 -mfma -mf16c. Same member names
-// and meaning as kvq::avx512::Simd; lane masks are plain bit masks (bit i = lane i).
+// AVX2 + FMA + F16C traits for the kernel bodies shared with AVX-512
+// (backends/avx/kernel_table.h). Included only by backends/avx/avx2.cpp, compiled with -mavx2
+// -mfma -mf16c. Same member names and meaning as kvq::avx512::Simd; lane masks are plain bit
+// masks (bit i = lane i).
 #pragma once
 
 #include <immintrin.h>
@@ -8,9 +9,11 @@
 #include <cstdint>
 #include <cstring>
 
+#include "backends/avx/simd_scalar.h"
+
 namespace kvq::avx2 {
 
-struct Simd {
+struct Simd : kvq::avx::ScalarOps<Simd> {  // to_half, from_half, round_ne_scalar, fma_scalar
   static constexpr int W = 8;
   static constexpr int kRegVectors = 16;
   static constexpr bool kFastGather = false;  // vgatherdps worth using for permutations
@@ -90,6 +93,13 @@ struct Simd {
     m = _mm_max_ss(m, _mm_movehdup_ps(m));
     return _mm_cvtss_f32(m);
   }
+  // Sum of the lanes in a tree order (only for tolerance ops: attention_decode, SPEC.md §7).
+  static float reduce_add(V v) {
+    __m128 m = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_add_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_add_ss(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
+  }
 
   static V nonfinite_acc(V acc, V v) { return _mm256_or_ps(acc, _mm256_sub_ps(v, v)); }
   static bool any_bits(V v) {
@@ -128,15 +138,6 @@ struct Simd {
     }
   }
 
-  static uint16_t to_half(float f) {
-    return static_cast<uint16_t>(_mm_extract_epi16(
-        _mm_cvtps_ph(_mm_set_ss(f), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), 0));
-  }
-  static float from_half(uint16_t h) { return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h))); }
-  static float round_ne_scalar(float f) {
-    return _mm_cvtss_f32(_mm_round_ss(_mm_setzero_ps(), _mm_set_ss(f),
-                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-  }
   static VI to_half_bits(V v) {
     return _mm256_cvtepu16_epi32(_mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
   }
@@ -188,6 +189,7 @@ struct Simd {
     return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
   }
   static VI iota() { return _mm256_set_epi32(7, 6, 5, 4, 3, 2, 1, 0); }
+  static V as_float(VI v) { return _mm256_castsi256_ps(v); }  // reinterpret the bits
   static VI addi(VI a, VI b) { return _mm256_add_epi32(a, b); }
 
   // W = 8 codes of bits <= 4 into 8 * bits stream bits (lane i at bit i * bits).
@@ -198,16 +200,41 @@ struct Simd {
     s = _mm256_or_si256(s, _mm256_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
     return static_cast<uint32_t>(_mm_cvtsi128_si32(_mm256_castsi256_si128(s)));
   }
-  // Block packer (see simd_avx512.h): only 1-bit codes have one here (a sign-bit movemask).
+  // Block packers (see simd_avx512.h): vectors per block for b bits (0 = none) and the packer
+  // writing pack_vectors * 8 * b / 8 bytes. 1 bit: a sign-bit movemask. 2 and 4 bits: codes
+  // narrow to bytes (packus, then a dword permute restores code order across the two 128-bit
+  // lanes), then multiply-adds merge neighbours as in the AVX-512 packer.
   template <int B>
   static constexpr int pack_vectors() {
-    return B == 1 ? 1 : 0;
+    return B == 1 ? 1 : B == 2 ? 4 : B == 4 ? 2 : 0;
   }
   template <int B>
   static void pack_block(const VI* q, uint8_t* out) {
-    static_assert(B == 1);
-    *out =
-        static_cast<uint8_t>(_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_slli_epi32(q[0], 31))));
+    if constexpr (B == 1) {
+      *out = static_cast<uint8_t>(
+          _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_slli_epi32(q[0], 31))));
+    } else if constexpr (B == 2) {
+      // packus: lane 0 holds codes 0-3 of q[0..3], lane 1 codes 4-7; dwords [0,4,1,5,2,6,3,7]
+      // put codes 0..31 in order.
+      __m256i b =
+          _mm256_packus_epi16(_mm256_packus_epi32(q[0], q[1]), _mm256_packus_epi32(q[2], q[3]));
+      b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+      const __m256i w = _mm256_maddubs_epi16(b, _mm256_set1_epi16(0x0401));   // c0 + 4 c1
+      const __m256i d = _mm256_madd_epi16(w, _mm256_set1_epi32(0x00100001));  // + 16 (c2 + 4 c3)
+      const __m256i p = _mm256_packus_epi16(_mm256_packus_epi32(d, d), _mm256_setzero_si256());
+      const auto lo = static_cast<uint32_t>(_mm_cvtsi128_si32(_mm256_castsi256_si128(p)));
+      const auto hi = static_cast<uint32_t>(_mm256_extract_epi32(p, 4));
+      const uint64_t bytes = static_cast<uint64_t>(lo) | (static_cast<uint64_t>(hi) << 32);
+      std::memcpy(out, &bytes, 8);
+    } else {
+      static_assert(B == 4);
+      const __m256i w = _mm256_packus_epi32(q[0], q[1]);
+      const __m256i b = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(w, w),
+                                                    _mm256_setr_epi32(0, 4, 1, 5, 0, 4, 1, 5));
+      const __m128i m =
+          _mm_maddubs_epi16(_mm256_castsi256_si128(b), _mm_set1_epi16(0x1001));  // c0 + 16 c1
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(out), _mm_packus_epi16(m, m));
+    }
   }
   static void store_bytes_n(uint8_t* out, VI codes, int n) {
     const __m256i w = _mm256_packus_epi32(codes, codes);  // c0-3 c0-3 | c4-7 c4-7 (16-bit)

@@ -1,5 +1,5 @@
 // AVX-512 (F, BW, DQ, VL) + FMA + F16C traits for the kernel bodies shared with AVX2
-// (backends/avx/*_body.h). Included only by backends/avx/avx512.cpp, which is compiled with
+// (backends/avx/kernel_table.h). Included only by backends/avx/avx512.cpp, which is compiled with
 // -mavx512f -mavx512bw -mavx512dq -mavx512vl -mfma -mf16c. Every function is a static member of a
 // struct in namespace kvq::avx512, so no symbol compiled for this ISA can be chosen by the linker
 // for code that runs on a CPU without it.
@@ -10,9 +10,11 @@
 #include <cstdint>
 #include <cstring>
 
+#include "backends/avx/simd_scalar.h"
+
 namespace kvq::avx512 {
 
-struct Simd {
+struct Simd : kvq::avx::ScalarOps<Simd> {    // to_half, from_half, round_ne_scalar, fma_scalar
   static constexpr int W = 16;               // fp32 lanes per vector
   static constexpr int kRegVectors = 32;     // fwht blocks up to W * 32 values stay in registers
   static constexpr bool kFastGather = true;  // vgatherdps worth using for permutations
@@ -55,6 +57,8 @@ struct Simd {
   }
   static float reduce_min(V v) { return _mm512_reduce_min_ps(v); }
   static float reduce_max(V v) { return _mm512_reduce_max_ps(v); }
+  // Sum of the lanes in a tree order (only for tolerance ops: attention_decode, SPEC.md §7).
+  static float reduce_add(V v) { return _mm512_reduce_add_ps(v); }
 
   // acc collects v - v, which is +0 for finite v and NaN for inf or NaN.
   static V nonfinite_acc(V acc, V v) { return _mm512_or_ps(acc, _mm512_sub_ps(v, v)); }
@@ -96,17 +100,6 @@ struct Simd {
     return _mm512_mask_sub_ps(_mm512_add_ps(v, p), upper, p, v);
   }
 
-  // fp16 conversion, round to nearest even (equal to reference/half.h; tests/test_avx.cpp checks
-  // every input class exhaustively).
-  static uint16_t to_half(float f) {
-    return static_cast<uint16_t>(_mm_extract_epi16(
-        _mm_cvtps_ph(_mm_set_ss(f), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), 0));
-  }
-  static float from_half(uint16_t h) { return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h))); }
-  static float round_ne_scalar(float f) {
-    return _mm_cvtss_f32(_mm_round_ss(_mm_setzero_ps(), _mm_set_ss(f),
-                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-  }
   // Vector fp16 round trip per lane: scale16/zero16 bits and their fp32 values.
   static VI to_half_bits(V v) {
     return _mm512_cvtepu16_epi32(_mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
@@ -150,6 +143,7 @@ struct Simd {
     return _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
   }
   static VI addi(VI a, VI b) { return _mm512_add_epi32(a, b); }
+  static V as_float(VI v) { return _mm512_castsi512_ps(v); }  // reinterpret the bits
 
   // Packs W codes of `bits` <= 4 bits (lane shifts from lane_shifts) into a little-endian
   // bitstream of W * bits bits: lanes 0-7 fill 8*bits bits, lanes 8-15 the next 8*bits.

@@ -37,35 +37,6 @@ using cuda::DeviceBuffer;
 
 bool is_pow2_size(int64_t n) { return n >= 2 && n <= 32768 && (n & (n - 1)) == 0; }
 
-// Same rule and wording as reference/rotation.cpp's permutation check.
-void check_permutation(std::span<const int32_t> perm, int64_t channels, const std::string& what) {
-  if (static_cast<int64_t>(perm.size()) != channels)
-    throw Error(what + ": permutation has " + std::to_string(perm.size()) +
-                " entries, expected one per channel (" + std::to_string(channels) + ")");
-  std::vector<uint8_t> seen(perm.size(), 0);
-  for (size_t j = 0; j < perm.size(); ++j) {
-    const int32_t p = perm[j];
-    if (p < 0 || static_cast<int64_t>(p) >= channels)
-      throw Error(what + ": permutation entry " + std::to_string(j) + " = " + std::to_string(p) +
-                  " is outside [0, " + std::to_string(channels) + ")");
-    if (seen[static_cast<size_t>(p)])
-      throw Error(what + ": permutation entry " + std::to_string(j) + " repeats channel " +
-                  std::to_string(p));
-    seen[static_cast<size_t>(p)] = 1;
-  }
-}
-
-void check_kv_size(size_t size, const KvShape& shape, const std::string& what) {
-  if (shape.heads < 1 || shape.head_dim < 1)
-    throw Error(what + ": heads (" + std::to_string(shape.heads) + ") and head_dim (" +
-                std::to_string(shape.head_dim) + ") must be positive");
-  const int64_t n = shape_numel({shape.tokens, shape.heads, shape.head_dim}, what);
-  if (static_cast<int64_t>(size) != n)
-    throw Error(what + ": input has " + std::to_string(size) + " values, shape [tokens " +
-                std::to_string(shape.tokens) + ", heads " + std::to_string(shape.heads) +
-                ", head_dim " + std::to_string(shape.head_dim) + "] needs " + std::to_string(n));
-}
-
 cuda::DeviceQuantLayout device_layout(const GroupLayout& l, const QuantParams& p) {
   cuda::DeviceQuantLayout d;
   d.rows = l.rows;
@@ -150,23 +121,6 @@ void require_finite_view(const TensorView& kv, const std::string& what) {
   }
 }
 
-void check_quantized_sizes(const Quantized& q, const GroupLayout& l, const std::string& what) {
-  if (static_cast<int64_t>(q.codes.size()) != l.total_bytes())
-    throw Error(what + ": codes hold " + std::to_string(q.codes.size()) + " bytes, layout needs " +
-                std::to_string(l.total_bytes()));
-  if (static_cast<int64_t>(q.scale.size()) != l.group_count)
-    throw Error(what + ": " + std::to_string(q.scale.size()) + " scales for " +
-                std::to_string(l.group_count) + " groups");
-  const bool is_float = q.params.zero_point == ZeroPoint::Float;
-  const size_t zeros = is_float ? q.zero.size() : q.zero_int.size();
-  if (static_cast<int64_t>(zeros) != l.group_count)
-    throw Error(what + ": " + std::to_string(zeros) + (is_float ? " zeros" : " integer zeros") +
-                " for " + std::to_string(l.group_count) + " groups");
-  for (int64_t i = 0; i < l.group_count; ++i)
-    if (!half_finite(q.scale[i]) || (is_float && !half_finite(q.zero[i])))
-      throw Error(what + ": " + describe_group(l, i) + " has a non-finite scale or zero");
-}
-
 class CudaBackend final : public Backend {
  public:
   std::string name() const override { return "cuda"; }
@@ -184,14 +138,8 @@ class CudaBackend final : public Backend {
 
   std::vector<float> reorder(std::span<const float> x, int64_t rows,
                              std::span<const int32_t> perm) const override {
+    check_reorder_input(x.size(), rows, perm, "reorder");
     const auto channels = static_cast<int64_t>(perm.size());
-    if (rows < 0) throw Error("reorder: negative row count " + std::to_string(rows));
-    const int64_t n = shape_numel({rows, channels}, "reorder");
-    if (static_cast<int64_t>(x.size()) != n)
-      throw Error("reorder: input has " + std::to_string(x.size()) + " values, " +
-                  std::to_string(rows) + " rows of " + std::to_string(channels) +
-                  " channels need " + std::to_string(n));
-    check_permutation(perm, channels, "reorder");
     DeviceBuffer<float> in(x), out(x.size());
     DeviceBuffer<int32_t> p(perm);
     cuda::reorder(in.get(), out.get(), rows, channels, p.get(), false, nullptr);
@@ -200,10 +148,7 @@ class CudaBackend final : public Backend {
 
   std::vector<float> rotate_k(std::span<const float> k_pre_rope, const KvShape& shape,
                               const RotationParams& params) const override {
-    check_rotation_shape(shape, params.head_group);
-    check_kv_size(k_pre_rope.size(), shape, "rotate_k");
-    require_finite(k_pre_rope, "rotate_k input");
-    if (!params.perm.empty()) check_permutation(params.perm, shape.channels(), "rotate_k");
+    check_rotate_k_input(k_pre_rope, shape, params);
     const int n = static_cast<int>(params.head_group * shape.head_dim);
     DeviceBuffer<float> d(k_pre_rope);
     cuda::fwht(d.get(), static_cast<int64_t>(k_pre_rope.size()), n, fwht_scale(n), nullptr);
@@ -216,9 +161,7 @@ class CudaBackend final : public Backend {
 
   std::vector<float> rotate_v(std::span<const float> v, const KvShape& shape) const override {
     check_kv_size(v.size(), shape, "rotate_v");
-    if (!is_pow2_size(shape.head_dim))
-      throw Error("rotate_v: head_dim d = " + std::to_string(shape.head_dim) +
-                  " is not a power of two in [2, 32768]");
+    check_value_rotation(shape);
     require_finite(v, "rotate_v input");
     const int n = static_cast<int>(shape.head_dim);
     DeviceBuffer<float> d(v);
@@ -243,7 +186,7 @@ class CudaBackend final : public Backend {
 
   std::vector<float> dequantize(const Quantized& q) const override {
     const GroupLayout l = group_layout(q.rows, q.cols, q.params);
-    check_quantized_sizes(q, l, "dequantize");
+    check_quantized(q, l, "dequantize");
     DeviceBuffer<uint8_t> codes(std::span<const uint8_t>(q.codes));
     DeviceBuffer<uint16_t> scale(std::span<const uint16_t>(q.scale));
     DeviceBuffer<uint16_t> zero(std::span<const uint16_t>(q.zero));
@@ -279,9 +222,7 @@ class CudaBackend final : public Backend {
         break;
       case AppendRotation::PerHead:
         check_kv_size(static_cast<size_t>(kv.numel()), shape, "rotate_v");
-        if (!is_pow2_size(shape.head_dim))
-          throw Error("rotate_v: head_dim d = " + std::to_string(shape.head_dim) +
-                      " is not a power of two in [2, 32768]");
+        check_value_rotation(shape);
         n = static_cast<int>(shape.head_dim);
         break;
     }
@@ -330,14 +271,7 @@ class CudaBackend final : public Backend {
   TokenAbsmax token_absmax(std::span<const float> hidden, int64_t tokens,
                            int64_t hidden_size) const override {
     const std::string what = "token_absmax hidden";
-    if (tokens < 1 || hidden_size < 1)
-      throw Error(what + ": tokens (" + std::to_string(tokens) + ") and hidden size (" +
-                  std::to_string(hidden_size) + ") must be positive");
-    const int64_t n = shape_numel({tokens, hidden_size}, what);
-    if (static_cast<int64_t>(hidden.size()) != n)
-      throw Error(what + ": has " + std::to_string(hidden.size()) + " values, [" +
-                  std::to_string(tokens) + ", " + std::to_string(hidden_size) + "] needs " +
-                  std::to_string(n));
+    check_hidden_shape(hidden.size(), tokens, hidden_size, what);
     require_finite(hidden, what);
     DeviceBuffer<float> h(hidden), absmax(static_cast<size_t>(tokens));
     DeviceBuffer<int32_t> argmax(static_cast<size_t>(tokens));
@@ -494,8 +428,8 @@ std::vector<float> CudaBackend::attention_decode(std::span<const float> q, int64
     packed = cuda::packed_decode_supported(p) &&
              (!(k_hadamard || cache.v_per_head_hadamard) || is_pow2_size(d));
     if (packed) {
-      check_quantized_sizes(cache.k, l, "decode cache K");
-      check_quantized_sizes(cache.v, group_layout(tokens, channels, cache.v.params),
+      check_quantized(cache.k, l, "decode cache K");
+      check_quantized(cache.v, group_layout(tokens, channels, cache.v.params),
                             "decode cache V");
     }
   }

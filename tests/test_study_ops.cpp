@@ -1,0 +1,329 @@
+// Study ops as scenario ops (harness/studies.h): the score KL on hand-made examples, the scenario
+// loader's handling of study keys and input = "model", the recording cache, and the three study
+// scenarios (scenarios/{experts,sinks,accuracy}.toml) run through `kvq run --db` and checked
+// from their SQLite rows against the planted ground truth and exact properties. The scenario
+// runs need ../shared and come last: shared_file_or_skip ends the binary with 77 without it.
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "harness/case_recording.h"
+#include "harness/method_study.h"
+#include "harness/runner.h"
+#include "harness/safetensors.h"
+#include "harness/scenario.h"
+#include "harness/store.h"
+#include "harness/studies.h"
+#include "harness/synth.h"
+#include "kvq_process.h"
+#include "reference/error.h"
+#include "shared_data.h"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+fs::path temp_dir(const std::string& name) {
+  const fs::path dir =
+      fs::temp_directory_path() / ("kvq_test_study_ops_" + std::to_string(::getpid())) / name;
+  fs::create_directories(dir);
+  return dir;
+}
+
+std::string write_file(const fs::path& path, const std::string& text) {
+  std::ofstream(path) << text;
+  return path.string();
+}
+
+std::string load_error(const std::string& name, const std::string& toml) {
+  const std::string path = write_file(temp_dir("load") / (name + ".toml"), toml);
+  try {
+    kvq::load_scenario(path);
+  } catch (const kvq::Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+// metric -> value of one case of the latest run in `db`.
+std::map<std::string, double> metrics(const std::string& db, const std::string& case_name) {
+  kvq::Store store(db);
+  const kvq::QueryResult r = kvq::run_query(
+      store.handle(),
+      "SELECT m.metric, m.value FROM measurements m JOIN cases c ON c.id = m.case_id "
+      "WHERE c.run_id = (SELECT max(id) FROM runs) AND c.name = '" +
+          case_name + "'");
+  std::map<std::string, double> out;
+  for (const auto& row : r.rows) out[row[0]] = row[1].empty() ? NAN : std::stod(row[1]);
+  return out;
+}
+
+std::string scalar(const std::string& db, const std::string& sql) {
+  kvq::Store store(db);
+  const kvq::QueryResult r = kvq::run_query(store.handle(), sql);
+  return r.rows.empty() || r.rows[0].empty() ? "" : r.rows[0][0];
+}
+
+// `kvq run SCENARIO --db DB` with the recording cache in a fresh folder of this test.
+std::string run_scenario_file(const std::string& scenario) {
+  const fs::path dir = temp_dir(scenario);
+  ::setenv("KVQ_CACHE", (dir / "cache").c_str(), 1);
+  const std::string db = (dir / "results.db").string();
+  const char* root = std::getenv("KVQ_SOURCE_ROOT");
+  REQUIRE(root != nullptr);  // set by meson test
+  const kvq::testing::KvqResult r = kvq::testing::run_kvq(
+      {"run", (fs::path(root) / "scenarios" / (scenario + ".toml")).string(), "--db", db}, dir);
+  INFO(r.out << r.err);
+  REQUIRE(r.status == 0);
+  REQUIRE(scalar(db, "SELECT status FROM runs ORDER BY id DESC LIMIT 1") == "complete");
+  REQUIRE(scalar(db, "SELECT count(*) FROM checks") == "0");  // no study failed
+  return db;
+}
+
+}  // namespace
+
+TEST_CASE("score_kl: one head, two keys: KL(P || Q) equals the closed form") {
+  // d = 1, q = 1: scores are the keys. k_exact = [0, a] gives P = [1, e^a] / (1 + e^a);
+  // k_method = [0, 0] gives Q = [1/2, 1/2]; KL = sum_j P_j ln(2 P_j).
+  const float a = 1.5f;
+  const std::vector<float> q = {1.0f}, exact = {0.0f, a}, method = {0.0f, 0.0f};
+  const double e = std::exp(static_cast<double>(a));
+  const double p0 = 1.0 / (1.0 + e), p1 = e / (1.0 + e);
+  const double want = p0 * std::log(2.0 * p0) + p1 * std::log(2.0 * p1);
+  const double got = kvq::attention_score_kl(q, 1, kvq::KvShape{2, 1, 1}, exact, method);
+  CHECK(got == Approx(want).epsilon(1e-12));
+  CHECK(got > 0.0);
+}
+
+TEST_CASE("score_kl: same keys give 0 exactly; a zero query head counts 0 in the head mean") {
+  // d = 4: s_j = q . k_j / 2. Two query heads share one KV head (grouped-query); head 1's query
+  // is zero, so both of its distributions are uniform and its KL is 0: the mean is half head 0's.
+  const std::vector<float> k_exact = {1, 0, 0, 0, 0, 2, 0, 0, 0, 0, -1, 0};
+  const std::vector<float> k_method = {0, 0, 0, 0, 0, 2, 0, 0, 0, 0, -1, 0};
+  const std::vector<float> q = {2, 2, 2, 0, 0, 0, 0, 0};
+  const kvq::KvShape shape{3, 1, 4};
+  CHECK(kvq::attention_score_kl(q, 2, shape, k_exact, k_exact) == 0.0);
+  // Head 0: s_exact = [1, 2, -1], s_method = [0, 2, -1].
+  const auto softmax = [](std::vector<double> s) {
+    double z = 0;
+    for (double v : s) z += std::exp(v);
+    for (double& v : s) v = std::exp(v) / z;
+    return s;
+  };
+  const std::vector<double> p = softmax({1, 2, -1}), r = softmax({0, 2, -1});
+  double kl = 0;
+  for (int j = 0; j < 3; ++j) kl += p[j] * std::log(p[j] / r[j]);
+  CHECK(kvq::attention_score_kl(q, 2, shape, k_exact, k_method) == Approx(kl / 2).epsilon(1e-12));
+  CHECK_THROWS_AS(kvq::attention_score_kl(q, 3, shape, k_exact, k_method), kvq::Error);
+}
+
+TEST_CASE("studies: the table lists method, sinks and experts; unknown ops are not studies") {
+  REQUIRE(kvq::find_study_op("method") != nullptr);
+  REQUIRE(kvq::find_study_op("sinks") != nullptr);
+  REQUIRE(kvq::find_study_op("experts") != nullptr);
+  CHECK(kvq::find_study_op("quantize") == nullptr);
+  CHECK(kvq::find_study_op("") == nullptr);
+}
+
+TEST_CASE("scenario: study keys are typed, named in case names, and belong to their op") {
+  const fs::path dir = temp_dir("keys");
+  const std::string path = write_file(dir / "sinks.toml", R"([[case]]
+op = "sinks"
+pfn = [1, 4]
+tau_mass = 3.5
+)");
+  const kvq::Scenario s = kvq::load_scenario(path);
+  REQUIRE(s.cases.size() == 2);
+  CHECK(s.cases[0].name == "sinks/pfn1");
+  CHECK(s.cases[1].name == "sinks/pfn4");
+  CHECK(kvq::case_double(s.cases[0], "tau_mass", 0.0) == 3.5);
+
+  const std::string wrong_type = load_error("type", "[[case]]\nop = \"sinks\"\npfn = 1.5\n");
+  CHECK(wrong_type.find("type.toml:3:") != std::string::npos);
+  CHECK(wrong_type.find("key 'pfn': expected an integer") != std::string::npos);
+  const std::string wrong_op =
+      load_error("wrongop", "[[case]]\nop = \"experts\"\ntau_mass = 5.0\n");
+  CHECK(wrong_op.find("wrongop.toml:3:") != std::string::npos);
+  CHECK(wrong_op.find("key 'tau_mass': applies to op ") != std::string::npos);
+  CHECK(wrong_op.find("sinks") != std::string::npos);
+  CHECK(wrong_op.find("this case's op is 'experts'") != std::string::npos);
+  const std::string backend_op = load_error("backendop", "[[case]]\nop = \"quantize\"\npfn = 1\n");
+  CHECK(backend_op.find("key 'pfn'") != std::string::npos);
+}
+
+TEST_CASE("scenario: input = model needs its keys; a missing model file is a FILE:LINE error") {
+  const std::string missing = load_error("missing", R"([[case]]
+op = "sinks"
+input = "model"
+model = "no-such-model.bin"
+)");
+  CHECK(missing.find("missing.toml:4:") != std::string::npos);
+  CHECK(missing.find("key 'model': file") != std::string::npos);
+  CHECK(missing.find("no-such-model.bin' not found") != std::string::npos);
+  const std::string no_keys = load_error("nokeys", "[[case]]\nop = \"sinks\"\ninput = \"model\"\n");
+  CHECK(no_keys.find("nokeys.toml:") != std::string::npos);
+  CHECK(no_keys.find("needs keys model, tokenizer and text") != std::string::npos);
+  const std::string not_study =
+      load_error("notstudy", "[[case]]\nop = \"experts\"\ninput = \"model\"\n");
+  CHECK(not_study.find("key 'input'") != std::string::npos);
+}
+
+TEST_CASE("case_recording: a synthetic case is synthesized once into the cache, per key set") {
+  const fs::path cache = temp_dir("cache-synth");
+  ::setenv("KVQ_CACHE", cache.c_str(), 1);
+  kvq::ScenarioCase c;
+  c.where = "test:1";
+  c.params = {{"op", "sinks"}, {"seed", 3}, {"tokens", 96}, {"experts", 0}};
+  const std::string first = kvq::case_recording(c);
+  CHECK(fs::path(first).parent_path() == cache);
+  const auto written = fs::last_write_time(first);
+  CHECK(kvq::case_recording(c) == first);  // the second case reads the cached file
+  CHECK(fs::last_write_time(first) == written);
+  // Its content is synthesize() of the same parameters (planted truth in the metadata).
+  kvq::SynthParams p;
+  p.seed = 3;
+  p.tokens = 96;
+  p.experts = 0;
+  const kvq::SynthRecording want = kvq::synthesize(p);
+  const kvq::SafetensorsFile file = kvq::SafetensorsFile::open(first);
+  CHECK(file.metadata().at("sink_tokens") == want.metadata.at("sink_tokens"));
+  for (const auto& [name, tensor] : want.tensors)
+    if (name == "layers.2.k") CHECK(file.read_f32(name) == kvq::widen_f32(tensor.view(), name));
+  c.params["seed"] = 4;
+  CHECK(kvq::case_recording(c) != first);
+  kvq::ScenarioCase file_case;
+  file_case.input = first;
+  CHECK(kvq::case_recording(file_case) == first);  // a recording path is used as it is
+  ::unsetenv("KVQ_CACHE");
+}
+
+TEST_CASE("runner: a study that throws is an error check of ref naming the case; others run") {
+  const fs::path dir = temp_dir("error");
+  ::setenv("KVQ_CACHE", (dir / "cache").c_str(), 1);
+  // A dense recording (experts = 0) has no expert tensors: the experts study throws.
+  kvq::SynthParams dense;
+  dense.experts = 0;
+  dense.tokens = 96;
+  kvq::write_recording((dir / "dense.safetensors").string(), kvq::synthesize(dense));
+  const std::string path = write_file(dir / "dense.toml", R"([scenario]
+backends = ["ref"]
+
+[[case]]
+name = "dense"
+op = "experts"
+input = "dense.safetensors"
+
+[[case]]
+name = "fp32"
+op = "method"
+method = "fp32"
+tokens = 96
+)");
+  kvq::RunOptions options;
+  options.db = (dir / "results.db").string();
+  const kvq::RunSummary summary = kvq::run_scenario(kvq::load_scenario(path), options);
+  CHECK(summary.cases == 2);
+  CHECK(summary.failed == 1);
+  CHECK(summary.measured == 1);
+  REQUIRE(summary.failures.size() == 1);
+  CHECK(summary.failures[0].case_name == "dense");
+  CHECK(summary.failures[0].where == "error");
+  CHECK(summary.failures[0].got.find("dense.toml:") != std::string::npos);
+  CHECK(scalar(options.db, "SELECT status FROM checks") == "error");
+  CHECK(scalar(options.db, "SELECT status FROM runs") == "complete");
+  ::unsetenv("KVQ_CACHE");
+}
+
+TEST_CASE("experts scenario: every planted Super Expert and no other; tiny-moe lists its SE") {
+  kvq::testing::shared_file_or_skip("recordings/tiny-moe.safetensors");
+  const std::string db = run_scenario_file("experts");
+  const auto synth = metrics(db, "experts/synthetic");
+  CHECK(synth.at("planted_recall") == 1.0);
+  CHECK(synth.at("planted_precision") == 1.0);
+  CHECK(synth.at("super_experts") >= 1.0);
+  // One se.L<l>.E<e>.max_abs per Super Expert, each above the selection threshold.
+  int se = 0;
+  for (const auto& [metric, value] : synth)
+    if (metric.rfind("se.L", 0) == 0) {
+      ++se;
+      CHECK(value > synth.at("threshold"));
+      CHECK(value > synth.at("p99_5"));
+    }
+  CHECK(se == static_cast<int>(synth.at("super_experts")));
+  const auto moe = metrics(db, "experts/tiny-moe");
+  CHECK(moe.at("super_experts") >= 1.0);
+  CHECK(moe.count("planted_recall") == 0);  // a real recording plants nothing
+  for (const auto& [metric, value] : moe) CHECK(std::isfinite(value));
+}
+
+TEST_CASE("sinks scenario: KVSink recalls the planted sinks, PFN1 misses the non-initial one") {
+  kvq::testing::shared_file_or_skip("models/stories260K.bin");
+  const std::string db = run_scenario_file("sinks");
+  for (const char* name : {"sinks/synthetic/pfn1", "sinks/synthetic/pfn4"}) {
+    INFO(name);
+    const auto m = metrics(db, name);
+    CHECK(m.at("kvsink.recall") >= 0.95);
+    CHECK(m.at("kvsink.planted_recall") >= 0.95);
+    CHECK(m.at("truth.planted_recall") == 1.0);  // the planted sinks do draw the attention
+  }
+  const auto pfn1 = metrics(db, "sinks/synthetic/pfn1");
+  CHECK(pfn1.at("pfn1.recall") < 1.0);
+  CHECK(pfn1.at("pfn1.planted_recall") < 1.0);
+  CHECK(pfn1.at("pfn1.predicted") == 1.0);
+  const auto pfn4 = metrics(db, "sinks/synthetic/pfn4");
+  CHECK(pfn4.at("pfn4.planted_recall") < 1.0);  // the planted sink at token 5 lies beyond 0..3
+  // The missed token is named in the case's stored result.
+  const std::string missed =
+      scalar(db,
+             "SELECT json_extract(params_json, '$.result.predictors.pfn1.planted_missed') FROM "
+             "cases WHERE name = 'sinks/synthetic/pfn1' ORDER BY id DESC LIMIT 1");
+  CHECK(missed == "[5]");
+  for (const char* name :
+       {"sinks/stories260K/pfn1", "sinks/ppl/kvquant/b2", "sinks/ppl/kvsink+kvquant/b3"}) {
+    INFO(name);
+    const auto m = metrics(db, name);
+    CHECK(!m.empty());
+    for (const auto& [metric, value] : m) CHECK(std::isfinite(value));
+  }
+  // kvsink+kvquant vs kvquant perplexity at 2 and 3 bits: both measured against one baseline.
+  CHECK(metrics(db, "sinks/ppl/kvquant/b2").at("ppl_fp32") ==
+        metrics(db, "sinks/ppl/kvsink+kvquant/b2").at("ppl_fp32"));
+}
+
+TEST_CASE("accuracy scenario: every row finite; fp32 exact; 4 bits beat 2 bits per method") {
+  kvq::testing::shared_file_or_skip("models/stories260K.bin");
+  const std::string db = run_scenario_file("accuracy");
+  CHECK(scalar(db, "SELECT count(*) FROM cases WHERE run_id = (SELECT max(id) FROM runs)") == "38");
+  CHECK(scalar(db, "SELECT count(*) FROM measurements WHERE value IS NULL OR value != value") ==
+        "0");
+  for (const char* input : {"synthetic", "stories260K"}) {
+    INFO(input);
+    const auto fp32 = metrics(db, std::string("accuracy/") + input + "/fp32");
+    CHECK(fp32.at("kv_nmse") == 0.0);
+    CHECK(fp32.at("attention_rel_error") == 0.0);
+    CHECK(fp32.at("score_kl") == 0.0);
+    CHECK(fp32.at("bits_per_element") == 32.0);
+    for (const char* method : {"rtn", "kivi", "kvquant", "rotatekv", "kvsink+kvquant", "akvq-vl"}) {
+      INFO(method);
+      const std::string base = std::string("accuracy/") + input + "/" + method + "/b";
+      const auto b2 = metrics(db, base + "2"), b4 = metrics(db, base + "4");
+      for (const auto& [metric, value] : b2) CHECK(std::isfinite(value));
+      CHECK(b4.at("kv_nmse") < b2.at("kv_nmse"));
+      CHECK(b2.at("score_kl") > 0.0);
+      CHECK(b4.at("bits_per_element") > b2.at("bits_per_element"));
+    }
+  }
+  const auto model_fp32 = metrics(db, "accuracy/stories260K/fp32");
+  CHECK(model_fp32.at("ppl") == model_fp32.at("ppl_fp32"));
+  CHECK(model_fp32.at("ppl") > 1.0);
+  const auto rtn2 = metrics(db, "accuracy/stories260K/rtn/b2");
+  CHECK(rtn2.at("ppl_fp32") == model_fp32.at("ppl"));
+  CHECK(rtn2.at("ppl") > rtn2.at("ppl_fp32"));
+}
