@@ -103,9 +103,11 @@ std::string synthetic_part(const std::string& scenario) {
   toml::array synthetic;
   REQUIRE(file["case"].as_array() != nullptr);
   for (const toml::node& c : *file["case"].as_array()) {
-    const toml::table& t = *c.as_table();
-    if (!t.contains("model") && t["input"].value_or(std::string("synthetic")) == "synthetic")
-      synthetic.push_back(t);
+    const toml::table* t = c.as_table();
+    REQUIRE(t != nullptr);
+    const toml::node* input = t->get("input");
+    if (!t->contains("model") && (!input || input->value_or(std::string()) == "synthetic"))
+      synthetic.push_back(*t);
   }
   REQUIRE(!synthetic.empty());
   file.insert_or_assign("case", synthetic);
