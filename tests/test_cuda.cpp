@@ -11,6 +11,7 @@
 #include <memory>
 #include <numeric>
 #include <random>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -81,10 +82,13 @@ std::string shape_name(int64_t tokens, int64_t heads, int64_t d) {
          "]";
 }
 
-void require_same(const Comparison& c, const std::string& what) {
-  INFO(what << ": " << c.mismatches << " mismatches, first at " << c.first_mismatch << " ("
-            << c.where << ") expected " << c.expected << " got " << c.got);
-  REQUIRE(c.passed());
+// "" when `c` passed, else what differs: REQUIRE(mismatch(...) == "") prints it on failure.
+std::string mismatch(const Comparison& c, const std::string& what) {
+  if (c.passed()) return "";
+  std::ostringstream o;
+  o << what << ": " << c.mismatches << " mismatches, first at " << c.first_mismatch << " ("
+    << c.where << ") expected " << c.expected << " got " << c.got;
+  return o.str();
 }
 
 // The shapes of the AVX tests: head_dim 64/128/256 at small token counts, 4099 at d = 128.
@@ -108,8 +112,8 @@ TEST_CASE("cuda: fwht equals the reference bitwise for every size 2..32768") {
       std::vector<float> a = x, b = x;
       ref().fwht(a, n);
       gpu().fwht(b, n);
-      require_same(compare_bitwise(a, b), "fwht n=" + std::to_string(n) + " rows=" +
-                                              std::to_string(rows));
+      REQUIRE(mismatch(compare_bitwise(a, b),
+                       "fwht n=" + std::to_string(n) + " rows=" + std::to_string(rows)) == "");
     }
   }
 }
@@ -127,17 +131,18 @@ TEST_CASE("cuda: reorder, rotate_k and rotate_v equal the reference bitwise") {
     const std::vector<float> x = make_data(s.tokens, shape.channels(), 7);
     const std::vector<int32_t> perm = shuffled_perm(shape.channels(), 11);
     const std::string name = shape_name(s.tokens, s.heads, s.d);
-    require_same(compare_bitwise(ref().reorder(x, s.tokens, perm), gpu().reorder(x, s.tokens, perm)),
-                 "reorder " + name);
+    REQUIRE(mismatch(
+                compare_bitwise(ref().reorder(x, s.tokens, perm), gpu().reorder(x, s.tokens, perm)),
+                "reorder " + name) == "");
     for (bool with_perm : {false, true}) {
       RotationParams p;
       p.head_group = 4;
       if (with_perm) p.perm = perm;
-      require_same(compare_bitwise(ref().rotate_k(x, shape, p), gpu().rotate_k(x, shape, p)),
-                   "rotate_k " + name + (with_perm ? " reordered" : ""));
+      REQUIRE(mismatch(compare_bitwise(ref().rotate_k(x, shape, p), gpu().rotate_k(x, shape, p)),
+                       "rotate_k " + name + (with_perm ? " reordered" : "")) == "");
     }
-    require_same(compare_bitwise(ref().rotate_v(x, shape), gpu().rotate_v(x, shape)),
-                 "rotate_v " + name);
+    REQUIRE(mismatch(compare_bitwise(ref().rotate_v(x, shape), gpu().rotate_v(x, shape)),
+                     "rotate_v " + name) == "");
   }
 }
 
@@ -166,9 +171,9 @@ TEST_CASE("cuda: quantize and dequantize equal the reference bitwise (bits, axes
                                    (zp == ZeroPoint::Float ? " float" : " int");
           const Quantized a = ref().quantize(x, rows, cols, p);
           const Quantized b = gpu().quantize(x, rows, cols, p);
-          require_same(compare_quantized(a, b), "quantize " + name);
-          require_same(compare_bitwise(ref().dequantize(a), gpu().dequantize(a)),
-                       "dequantize " + name);
+          REQUIRE(mismatch(compare_quantized(a, b), "quantize " + name) == "");
+          REQUIRE(mismatch(compare_bitwise(ref().dequantize(a), gpu().dequantize(a)),
+                           "dequantize " + name) == "");
         }
   }
 }
@@ -182,8 +187,10 @@ TEST_CASE("cuda: quantize with a tail group (G = 100) and G larger than the axis
         p.bits = bits;
         p.group = group;
         p.axis = axis;
-        require_same(compare_quantized(ref().quantize(x, 131, 512, p), gpu().quantize(x, 131, 512, p)),
-                     "quantize G=" + std::to_string(group) + " b" + std::to_string(bits));
+        REQUIRE(
+            mismatch(
+                compare_quantized(ref().quantize(x, 131, 512, p), gpu().quantize(x, 131, 512, p)),
+                "quantize G=" + std::to_string(group) + " b" + std::to_string(bits)) == "");
       }
 }
 
@@ -197,12 +204,12 @@ TEST_CASE("cuda: quantize: exact half-way codes round to even like the reference
   p.bits = 2;
   const Quantized a = ref().quantize(x, 1, 128, p);
   const Quantized b = gpu().quantize(x, 1, 128, p);
-  require_same(compare_quantized(a, b), "ties");
+  REQUIRE(mismatch(compare_quantized(a, b), "ties") == "");
   // Independent check of the hand-worked codes: 0.5 -> 0, 1.5 -> 2, 2.5 -> 2.
   const std::vector<uint8_t> codes = unpack_all(b);
-  CHECK(codes[3] == 2);   // 3 * 0.5 = 1.5
-  CHECK(codes[5] == 2);   // 5 * 0.5 = 2.5
-  CHECK(codes[8] == 0);   // (8 % 7) * 0.5 = 0.5
+  CHECK(codes[3] == 2);  // 3 * 0.5 = 1.5
+  CHECK(codes[5] == 2);  // 5 * 0.5 = 2.5
+  CHECK(codes[8] == 0);  // (8 % 7) * 0.5 = 0.5
 }
 
 TEST_CASE("cuda: quantize: a zero minimum keeps the sign of the first zero in group order") {
@@ -215,7 +222,7 @@ TEST_CASE("cuda: quantize: a zero minimum keeps the sign of the first zero in gr
     p.group = 256;
     const Quantized a = ref().quantize(x, 1, 256, p);
     const Quantized b = gpu().quantize(x, 1, 256, p);
-    require_same(compare_quantized(a, b), "signed zero");
+    REQUIRE(mismatch(compare_quantized(a, b), "signed zero") == "");
     CHECK(b.zero[0] == float_to_half(first));
   }
 }
@@ -258,14 +265,13 @@ TEST_CASE("cuda: rotate_quantize equals the reference bitwise (F16, BF16, F32; a
             p.quant.bits = bits;
             p.quant.axis = axis;
             p.quant.clip = bits == 2 ? 0.8f : 1.0f;
-            const std::string name = shape_name(s.tokens, s.heads, s.d) + " " +
-                                     dtype_name(views[vi].dtype) + " rot" +
-                                     std::to_string(static_cast<int>(rot)) + " b" +
-                                     std::to_string(bits) +
-                                     (axis == Axis::Token ? " token" : " channel");
-            require_same(compare_quantized(reference_rotate_quantize(views[vi], shape, p),
-                                           gpu().rotate_quantize(views[vi], shape, p)),
-                         "rotate_quantize " + name);
+            const std::string name =
+                shape_name(s.tokens, s.heads, s.d) + " " + dtype_name(views[vi].dtype) + " rot" +
+                std::to_string(static_cast<int>(rot)) + " b" + std::to_string(bits) +
+                (axis == Axis::Token ? " token" : " channel");
+            REQUIRE(mismatch(compare_quantized(reference_rotate_quantize(views[vi], shape, p),
+                                               gpu().rotate_quantize(views[vi], shape, p)),
+                             "rotate_quantize " + name) == "");
           }
   }
 }
@@ -284,8 +290,8 @@ TEST_CASE("cuda: token_absmax and expert_statistics equal the reference") {
       const std::vector<float> h = make_data(tokens, hidden, 51);
       const TokenAbsmax a = ref().token_absmax(h, tokens, hidden);
       const TokenAbsmax b = gpu().token_absmax(h, tokens, hidden);
-      require_same(compare_bitwise(a.absmax, b.absmax), "token_absmax");
-      require_same(compare_i32(a.argmax, b.argmax), "token_absmax argmax");
+      REQUIRE(mismatch(compare_bitwise(a.absmax, b.absmax), "token_absmax") == "");
+      REQUIRE(mismatch(compare_i32(a.argmax, b.argmax), "token_absmax argmax") == "");
     }
   for (int64_t tokens : {0, 1, 7, 4099}) {
     const int64_t top_k = 2, experts = 64;
@@ -367,13 +373,12 @@ TEST_CASE("cuda: attention_decode (packed path) within 1e-3 of the fp64 oracle")
       for (bool rotated : {false, true})
         for (bool kept : {false, true}) {
           const int64_t tokens = bits == 2 ? 3000 : 700;
-          const DecodeCache c =
-              make_cache(tokens, 8, 128, bits,
-                         rotated ? KeyRotation::PerHeadHadamard : KeyRotation::None, rotated,
-                         false, kept, 7 + bits);
-          check_attention(c, q_heads, "packed b" + std::to_string(bits) + " qh" +
-                                          std::to_string(q_heads) + (rotated ? " H" : "") +
-                                          (kept ? " kept" : ""));
+          const DecodeCache c = make_cache(
+              tokens, 8, 128, bits, rotated ? KeyRotation::PerHeadHadamard : KeyRotation::None,
+              rotated, false, kept, 7 + bits);
+          check_attention(c, q_heads,
+                          "packed b" + std::to_string(bits) + " qh" + std::to_string(q_heads) +
+                              (rotated ? " H" : "") + (kept ? " kept" : ""));
         }
 }
 
