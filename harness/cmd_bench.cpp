@@ -14,6 +14,7 @@
 #include "bench/sqlite_reporter.h"
 #include "harness/scenario.h"
 #include "harness/store.h"
+#include "harness/studies.h"
 #include "reference/error.h"
 
 namespace kvq {
@@ -70,8 +71,10 @@ int cmd_bench(int argc, char** argv) {
   std::vector<BenchSpec> specs;
   for (const ScenarioCase& c : sc.cases) {
     const std::string op = c.params.value("op", "");
-    if (c.input != "synthetic" || op == "method") {
-      std::fprintf(stderr, "kvq bench: %s (%s): only synthetic op cases are measured, skipped\n",
+    if (c.input != "synthetic" || find_study_op(op)) {
+      std::fprintf(stderr,
+                   "kvq bench: %s (%s): only synthetic backend-op cases are measured (studies "
+                   "run with kvq run), skipped\n",
                    c.name.c_str(), c.where.c_str());
       continue;
     }
