@@ -51,12 +51,15 @@ std::string load_error(const std::string& test, const std::string& text) {
 }
 
 // The message names the file and the line, and the key.
-void check_names(const std::string& message, const std::string& test, int line,
-                 const std::string& key) {
-  INFO(message);
-  const std::string file = (fresh_dir(test) / "bad.toml").string();
-  CHECK_THAT(message, Contains(file + ":" + std::to_string(line) + ":"));
-  CHECK_THAT(message, Contains(key));
+// "" when `message` names FILE:LINE: of the test's bad.toml and `key`, else what it lacks:
+// CHECK(names_problem(...) == "") prints both on failure.
+std::string names_problem(const std::string& message, const std::string& test, int line,
+                          const std::string& key) {
+  const std::string where =
+      (fresh_dir(test) / "bad.toml").string() + ":" + std::to_string(line) + ":";
+  if (message.find(where) == std::string::npos) return "'" + message + "' lacks '" + where + "'";
+  if (message.find(key) == std::string::npos) return "'" + message + "' lacks '" + key + "'";
+  return "";
 }
 
 }  // namespace
@@ -150,42 +153,43 @@ bits = [2, 4]
 TEST_CASE("scenario: TOML syntax error names file:line") {
   const std::string m = load_error("syntax", "[[case]]\nop = \"fwht\"\nn = [2, 4\n");
   // toml++ reports where the array went wrong; the message carries the line's text (its key).
-  check_names(m, "syntax", 3, "n = [2, 4");
+  CHECK(names_problem(m, "syntax", 3, "n = [2, 4") == "");
 }
 
 TEST_CASE("scenario: unknown key in [[case]] names file:line and key") {
   const std::string m = load_error("case_key", "[[case]]\nop = \"fwht\"\nsize = 4\n");
-  check_names(m, "case_key", 3, "'size'");
+  CHECK(names_problem(m, "case_key", 3, "'size'") == "");
   CHECK_THAT(m, Contains("unknown key"));
 }
 
 TEST_CASE("scenario: unknown key in [scenario] names file:line and key") {
   const std::string m =
       load_error("scenario_key", "[scenario]\nname = \"x\"\nrefrence = \"ref\"\n");
-  check_names(m, "scenario_key", 3, "'refrence'");
+  CHECK(names_problem(m, "scenario_key", 3, "'refrence'") == "");
   CHECK_THAT(m, Contains("unknown key"));
 }
 
 TEST_CASE("scenario: wrong type names file:line and key") {
   const std::string m = load_error("type", "[[case]]\nop = \"quantize\"\n\nbits = \"two\"\n");
-  check_names(m, "type", 4, "'bits'");
+  CHECK(names_problem(m, "type", 4, "'bits'") == "");
   CHECK_THAT(m, Contains("integer"));
 }
 
 TEST_CASE("scenario: bits = 5 is rejected, also inside a sweep") {
-  check_names(load_error("bits5", "[[case]]\nop = \"quantize\"\nbits = 5\n"), "bits5", 3, "'bits'");
-  check_names(load_error("bits5s", "[[case]]\nop = \"quantize\"\nbits = [2, 5]\n"), "bits5s", 3,
-              "'bits'");
+  CHECK(names_problem(load_error("bits5", "[[case]]\nop = \"quantize\"\nbits = 5\n"), "bits5", 3,
+                      "'bits'") == "");
+  CHECK(names_problem(load_error("bits5s", "[[case]]\nop = \"quantize\"\nbits = [2, 5]\n"),
+                      "bits5s", 3, "'bits'") == "");
 }
 
 TEST_CASE("scenario: group = 0 is rejected") {
-  check_names(load_error("group0", "[[case]]\nop = \"quantize\"\ngroup = 0\n"), "group0", 3,
-              "'group'");
+  CHECK(names_problem(load_error("group0", "[[case]]\nop = \"quantize\"\ngroup = 0\n"), "group0", 3,
+                      "'group'") == "");
 }
 
 TEST_CASE("scenario: fwht n = 100 is rejected (not a power of two)") {
   const std::string m = load_error("n100", "[[case]]\nop = \"fwht\"\nn = 100\n");
-  check_names(m, "n100", 3, "'n'");
+  CHECK(names_problem(m, "n100", 3, "'n'") == "");
   CHECK_THAT(m, Contains("100"));
 }
 
@@ -193,44 +197,44 @@ TEST_CASE("scenario: rotate_k with head_group * head_dim not a power of two is r
   // 3 * 64 = 192; heads = 6 is divisible by 3, so only the power-of-two rule is broken.
   const std::string m =
       load_error("hg", "[[case]]\nop = \"rotate_k\"\nheads = 6\nhead_dim = 64\nhead_group = 3\n");
-  check_names(m, "hg", 5, "'head_group'");
+  CHECK(names_problem(m, "hg", 5, "'head_group'") == "");
   CHECK_THAT(m, Contains("192"));
 }
 
 TEST_CASE("scenario: a missing recording file is named") {
   const std::string m =
       load_error("norec", "[[case]]\nop = \"quantize\"\ninput = \"absent.safetensors\"\n");
-  check_names(m, "norec", 3, "'input'");
+  CHECK(names_problem(m, "norec", 3, "'input'") == "");
   CHECK_THAT(m, Contains("absent.safetensors"));
 }
 
 TEST_CASE("scenario: duplicate case names are rejected") {
   const std::string m = load_error(
       "dup", "[[case]]\nop = \"fwht\"\nn = 4\n\n[[case]]\nname = \"fwht\"\nop = \"fwht\"\nn = 8\n");
-  check_names(m, "dup", 5, "'name'");
+  CHECK(names_problem(m, "dup", 5, "'name'") == "");
   CHECK_THAT(m, Contains("'fwht'"));
 }
 
 TEST_CASE("scenario: a case without op is rejected") {
   const std::string m = load_error("noop", "[[case]]\nop = \"fwht\"\n\n[[case]]\nbits = 2\n");
-  check_names(m, "noop", 4, "'op'");
+  CHECK(names_problem(m, "noop", 4, "'op'") == "");
 }
 
 TEST_CASE("scenario: an unknown op is rejected") {
   const std::string m = load_error("badop", "[[case]]\nop = \"fwht2\"\n");
-  check_names(m, "badop", 2, "'op'");
+  CHECK(names_problem(m, "badop", 2, "'op'") == "");
   CHECK_THAT(m, Contains("fwht2"));
 }
 
 TEST_CASE("scenario: op = method without a method is rejected") {
   const std::string m = load_error("nomethod", "[[case]]\nop = \"method\"\nbits = 2\n");
-  check_names(m, "nomethod", 1, "'method'");
+  CHECK(names_problem(m, "nomethod", 1, "'method'") == "");
 }
 
 TEST_CASE("scenario: gate = tolerance on a bit-exact op is rejected at the gate key") {
   const std::string m =
       load_error("tolgate", "[[case]]\nop = \"quantize\"\nbits = 2\ngate = \"tolerance\"\n");
-  check_names(m, "tolgate", 4, "'gate'");
+  CHECK(names_problem(m, "tolgate", 4, "'gate'") == "");
   CHECK_THAT(m, Contains("attention_decode"));
 }
 
@@ -253,9 +257,10 @@ tolerance = [0.0, 0.001]
 }
 
 TEST_CASE("scenario: q_heads must be a multiple of heads and top_k at most experts") {
-  check_names(
-      load_error("qheads", "[[case]]\nop = \"attention_decode\"\nheads = 8\nq_heads = 12\n"),
-      "qheads", 4, "'q_heads'");
-  check_names(load_error("topk", "[[case]]\nop = \"expert_statistics\"\nexperts = 2\ntop_k = 3\n"),
-              "topk", 4, "'top_k'");
+  CHECK(names_problem(
+            load_error("qheads", "[[case]]\nop = \"attention_decode\"\nheads = 8\nq_heads = 12\n"),
+            "qheads", 4, "'q_heads'") == "");
+  CHECK(names_problem(
+            load_error("topk", "[[case]]\nop = \"expert_statistics\"\nexperts = 2\ntop_k = 3\n"),
+            "topk", 4, "'top_k'") == "");
 }
