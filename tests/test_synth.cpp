@@ -301,7 +301,9 @@ TEST_CASE("synth: planted ground truth holds (default shapes, several seeds)") {
     kvq::SynthParams p;
     p.seed = seed;
     INFO("seed " << seed);
-    check_ground_truth(written(p, "truth.safetensors"));
+    const std::string path = written(p, "truth.safetensors");
+    CHECK(kvq::SafetensorsFile::open(path).metadata().at("seed") == std::to_string(seed));
+    check_ground_truth(path);
   }
 }
 
