@@ -44,9 +44,18 @@ struct DeviceMemory {
 
 // Everything a registered benchmark needs lives until exit.
 std::vector<std::unique_ptr<DeviceMemory>> g_buffers;
+size_t g_allocated_bytes = 0;  // sum of the sizes asked of cudaMalloc
 template <class T> T* device_alloc(size_t count) {
   g_buffers.push_back(std::make_unique<DeviceMemory>(count * sizeof(T)));
+  g_allocated_bytes += count * sizeof(T);
   return g_buffers.back()->as<T>();
+}
+
+size_t device_free_bytes() {
+  size_t free = 0, total = 0;
+  check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+  check(cudaMemGetInfo(&free, &total), "cudaMemGetInfo");
+  return free;
 }
 
 void upload(void* dst, const void* src, size_t bytes) {
@@ -89,16 +98,21 @@ struct Registry {
   std::string filter;
   int repetitions = 10;
 
+  bool wanted(const std::string& case_name) const {
+    return filter.empty() || std::regex_search(case_name, std::regex(filter));
+  }
+
   void add(const std::string& case_name, const std::string& op, const std::string& params,
-           double read, double written, std::function<void()> launch) {
-    if (!filter.empty() && !std::regex_search(case_name, std::regex(filter))) return;
+           double read, double written, std::function<void()> launch,
+           std::vector<BenchEntry::Extra> extra = {}) {
+    if (!wanted(case_name)) return;
     const std::string name = case_name + "/cuda";
     benchmark::RegisterBenchmark(name.c_str(), [launch](benchmark::State& s) { timed(s, launch); })
         ->UseManualTime()
         ->Repetitions(repetitions)
         ->MinTime(0.05)
         ->Unit(benchmark::kMicrosecond);
-    entries.push_back({case_name, "cuda", op, params, read, written});
+    entries.push_back({case_name, "cuda", op, params, read, written, std::move(extra)});
     // The copy baseline: cudaMemcpy of half the bytes moves the same bytes (read + write).
     const size_t half = static_cast<size_t>((read + written) / 2);
     auto* src = device_alloc<uint8_t>(half);
@@ -113,7 +127,7 @@ struct Registry {
         ->MinTime(0.05)
         ->Unit(benchmark::kMicrosecond);
     entries.push_back({case_name, "memcpy", "memcpy", params, static_cast<double>(half),
-                       static_cast<double>(half)});
+                       static_cast<double>(half), {}});
   }
 };
 
@@ -209,8 +223,17 @@ void add_fwht(Registry& r, int n, int64_t count) {
 }
 
 // 2-bit decode attention, B sequences x 32 heads x d 128, per-head Hadamard on K and V folded,
-// 4 sink + 128 window tokens kept in fp16 (as fp32 rows in the stored basis).
+// 4 sink + 128 window tokens kept in fp16 (as fp32 rows in the stored basis). Also records the
+// device memory of one decode step (memory.toml): peak_device_memory = the drop of
+// cudaMemGetInfo's free bytes from before the case's first allocation to after its first launch
+// (everything resident while it runs, allocator granularity included), device_bytes_allocated =
+// the sum of its cudaMalloc sizes, kv_cache_bytes = codes + scales + zeros + kept rows + slots.
 void add_attention(Registry& r, int batch, int64_t tokens) {
+  const std::string name = "attention_decode/T" + std::to_string(tokens) + "/B" +
+                           std::to_string(batch) + "/H32/d128/b2";
+  if (!r.wanted(name)) return;  // a filtered-out case allocates nothing
+  const size_t free_before = device_free_bytes();
+  const size_t allocated_before = g_allocated_bytes;
   const int heads = 32, d = 128;
   const int64_t cols = static_cast<int64_t>(heads) * d;
   QuantParams qp;
@@ -287,18 +310,26 @@ void add_attention(Registry& r, int batch, int64_t tokens) {
   p.v_kept = vrows;
   p.kept_stride = kept;
   if (!cuda::packed_decode_supported(p)) throw Error("bench_cuda: packed decode unsupported");
-  const double read = 2.0 * static_cast<double>(code_bytes) + 8.0 * static_cast<double>(groups) +
-                      2.0 * 4.0 * static_cast<double>(rows.size()) +
-                      4.0 * static_cast<double>(slot.size()) + 4.0 * q.size();
+  const double cache_bytes = 2.0 * static_cast<double>(code_bytes) +
+                             8.0 * static_cast<double>(groups) +
+                             2.0 * 4.0 * static_cast<double>(rows.size()) +
+                             4.0 * static_cast<double>(slot.size());
+  const double read = cache_bytes + 4.0 * q.size();
   const double written = 4.0 * q.size();
-  r.add("attention_decode/T" + std::to_string(tokens) + "/B" + std::to_string(batch) +
-            "/H32/d128/b2",
-        "attention_decode",
+  const auto launch = [=] { cuda::attention_decode_packed(p, dq, out, scratch, nullptr); };
+  launch();
+  const size_t free_after = device_free_bytes();
+  const size_t peak = free_before > free_after ? free_before - free_after : 0;
+  std::vector<BenchEntry::Extra> memory = {
+      {"peak_device_memory", static_cast<double>(peak), "bytes"},
+      {"device_bytes_allocated", static_cast<double>(g_allocated_bytes - allocated_before),
+       "bytes"},
+      {"kv_cache_bytes", cache_bytes, "bytes"}};
+  r.add(name, "attention_decode",
         "{\"tokens\":" + std::to_string(tokens) + ",\"batch\":" + std::to_string(batch) +
             ",\"heads\":32,\"q_heads\":32,\"head_dim\":128,\"bits\":2,\"group\":128," +
             "\"k_rotation\":\"per_head\",\"v_rotation\":\"per_head\",\"kept\":132}",
-        read, written,
-        [=] { cuda::attention_decode_packed(p, dq, out, scratch, nullptr); });
+        read, written, launch, std::move(memory));
 }
 
 int run(int argc, char** argv) {

@@ -329,7 +329,7 @@ std::vector<BenchEntry> register_bench_cases(const std::vector<BenchSpec>& specs
           ->UseRealTime()
           ->MinTime(options.min_time > 0 ? options.min_time : 0.5);
       entries.push_back({spec.name, name, spec.op, spec.params_json, prepared->bytes_read,
-                         prepared->bytes_written});
+                         prepared->bytes_written, {}});
       any = true;
     }
     if (!any) continue;
@@ -345,7 +345,7 @@ std::vector<BenchEntry> register_bench_cases(const std::vector<BenchSpec>& specs
         ->UseRealTime()
         ->MinTime(options.min_time > 0 ? options.min_time : 0.5);
     const double c = static_cast<double>(prepared->copy_src.size());
-    entries.push_back({spec.name, "memcpy", "memcpy", spec.params_json, c, c});
+    entries.push_back({spec.name, "memcpy", "memcpy", spec.params_json, c, c, {}});
   }
   return entries;
 }

@@ -46,6 +46,13 @@ struct BenchOptions {
 struct BenchEntry {
   std::string case_name, backend, op, params_json;
   double bytes_read = 0.0, bytes_written = 0.0;
+  // Measured once outside the timing loop (e.g. peak device memory); stored beside the time.
+  struct Extra {
+    std::string metric;
+    double value = 0.0;
+    std::string unit;
+  };
+  std::vector<Extra> extra;
 };
 
 // Prepares inputs and registers the benchmarks (benchmark::RegisterBenchmark). The returned

@@ -85,6 +85,8 @@ void SqliteReporter::Finalize() {
       if (e.backend != "memcpy") rows.push_back({e.backend, "time", t, "s", reps, sp});
       rows.push_back({e.backend, "bandwidth", gbps, "GB/s", reps, sp});
       const double frac = copy_gbps > 0.0 ? gbps / copy_gbps : 0.0;
+      for (const BenchEntry::Extra& x : e.extra)
+        rows.push_back({e.backend, x.metric, x.value, x.unit, 1, 0.0});
       if (e.backend != "memcpy") {
         rows.push_back({e.backend, "memcpy_fraction", frac, "ratio", reps, sp});
         record.op = e.op;

@@ -63,6 +63,7 @@ SynthParams case_synth_params(const ScenarioCase& c) {
   p.top_k = case_int(c, "top_k", p.top_k);
   p.layers = case_int(c, "layers", p.layers);
   p.image_tokens = case_int(c, "image_tokens", p.image_tokens);
+  p.text_attention = case_double(c, "text_attention", p.text_attention);
   return p;
 }
 
@@ -101,6 +102,7 @@ std::string case_recording(const ScenarioCase& c) {
                          {"head_dim", p.head_dim}, {"hidden", p.hidden},
                          {"experts", p.experts},   {"top_k", p.top_k},
                          {"layers", p.layers},     {"image_tokens", p.image_tokens}};
+    if (p.text_attention > 0.0) identity["synth"]["text_attention"] = p.text_attention;
     source = "synthetic seed " + std::to_string(p.seed);
   } else {
     for (const char* key : {"model", "tokenizer", "text"})

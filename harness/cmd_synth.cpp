@@ -1,5 +1,6 @@
 // `kvq synth --out REC.safetensors [--seed S] [--layers L] [--tokens T] [--heads H]
-// [--kv-heads Hkv] [--head-dim d] [--hidden D] [--experts E] [--top-k k] [--image-tokens N]`:
+// [--kv-heads Hkv] [--head-dim d] [--hidden D] [--experts E] [--top-k k] [--image-tokens N]
+// [--text-attention NATS]`:
 // writes a synthetic recording with planted ground truth (harness/synth.h).
 #include <boost/program_options.hpp>
 #include <cstdio>
@@ -19,7 +20,7 @@ int cmd_synth(int argc, char** argv) {
   po::options_description options(
       "kvq synth --out REC.safetensors [--seed S] [--layers L] [--tokens T] [--heads H] "
       "[--kv-heads Hkv] [--head-dim d] [--hidden D] [--experts E] [--top-k k] "
-      "[--image-tokens N]\n"
+      "[--image-tokens N] [--text-attention NATS]\n"
       "Writes a synthetic recording (DESIGN.md schema), deterministic from the seed, with planted "
       "outlier channels, massive activations, attention sinks and Super Experts; the ground "
       "truth is in its metadata");
@@ -35,7 +36,10 @@ int cmd_synth(int argc, char** argv) {
       "experts", po::value(&p.experts)->default_value(p.experts), "experts E (0: dense)")(
       "top-k", po::value(&p.top_k)->default_value(p.top_k), "experts per token")(
       "image-tokens", po::value(&p.image_tokens)->default_value(p.image_tokens),
-      "image tokens, a block from token 8");
+      "image tokens, a block from token 8")(
+      "text-attention", po::value(&p.text_attention)->default_value(p.text_attention),
+      "extra logit of text over image tokens in layers < L/2 (AKVQ-VL's text-salient "
+      "attention; needs --head-dim >= 16)");
   po::variables_map vm;
   try {
     po::store(po::parse_command_line(argc, argv, options), vm);

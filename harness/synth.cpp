@@ -21,6 +21,7 @@ constexpr int64_t kImageStart = 8;         // first image token
 constexpr int64_t kOutliersPerHead = 2;    // outlier channels of pre-RoPE K per KV head
 constexpr double kSinkKey = 8.0;           // sink tokens' key on the lowest-frequency RoPE pair
 constexpr double kSinkLogit = 6.0;         // q . k_sink / sqrt(d) of an aligned query
+constexpr double kTextKey = 4.0;           // text tokens' key marker (text_attention > 0)
 constexpr double kSuperExpertPeak = 2400;  // down_proj max-abs of the strongest Super Expert
 constexpr int64_t kVocab = 32000;
 constexpr int32_t kBos = 1, kDelimiterId = 13, kImageId = kVocab - 1;
@@ -93,6 +94,10 @@ void check_params(const SynthParams& p) {
   require(p.image_tokens >= 0 && kImageStart + p.image_tokens <= p.tokens,
           "--image-tokens must be in [0, tokens - 8] (the block starts at token 8)");
   require(std::isfinite(p.rope_theta) && p.rope_theta > 1.0f, "rope theta must be > 1");
+  require(std::isfinite(p.text_attention) && p.text_attention >= 0.0 && p.text_attention <= 20.0,
+          "--text-attention must be in [0, 20] nats");
+  require(p.text_attention == 0.0 || p.head_dim >= 16,
+          "--text-attention needs --head-dim >= 16 (its RoPE pair must turn slowly)");
   const int64_t per_layer = p.tokens * std::max(p.heads * p.head_dim, p.hidden);
   require(per_layer <= (int64_t{1} << 30), "a layer tensor would exceed 2^30 elements");
   for (const auto& [layer, expert] : p.pruned_experts)
@@ -166,6 +171,8 @@ SynthRecording synthesize(const SynthParams& p) {
   const int64_t D = p.hidden, E = p.experts, K = p.top_k;
   const int64_t group = H / Hkv;
   const int64_t sink_pair = d / 2 - 1;  // lowest RoPE frequency: q . k barely turns with distance
+  const int64_t text_pair = d / 2 - 2;  // the next lowest: the text marker (text_attention > 0)
+  const bool text_marked = p.text_attention > 0.0;
 
   SynthRecording rec;
   SynthGroundTruth& truth = rec.truth;
@@ -213,16 +220,19 @@ SynthRecording synthesize(const SynthParams& p) {
   }
   const std::vector<double> present = massive_fractions(p, super_experts, super_peak);
 
+  const auto is_image = [&](int64_t t) {
+    return t >= kImageStart && t < kImageStart + p.image_tokens;
+  };
   std::vector<int32_t> token_ids(static_cast<size_t>(T));
   for (int64_t t = 0; t < T; ++t) {
-    const bool image = t >= kImageStart && t < kImageStart + p.image_tokens;
     token_ids[static_cast<size_t>(t)] = t == 0                 ? kBos
                                         : t == kDelimiterToken ? kDelimiterId
-                                        : image
+                                        : is_image(t)
                                             ? kImageId
                                             : static_cast<int32_t>(100 + rng.below(kVocab - 200));
   }
   const auto is_sink = [&](int64_t t) { return t == 0 || t == kDelimiterToken; };
+  const double q_text = p.text_attention * std::sqrt(static_cast<double>(d)) / kTextKey;
 
   const double q_sink = kSinkLogit * std::sqrt(static_cast<double>(d)) / kSinkKey;
   for (int64_t l = 0; l < L; ++l) {
@@ -264,6 +274,8 @@ SynthRecording synthesize(const SynthParams& p) {
             const double sink_x = c % 2 == 0 ? kSinkKey : 0.0;
             if (sinks_on && is_sink(t)) x = m == 1.0 ? sink_x : m * sink_x + (1.0 - m) * x;
           }
+          if (text_marked && c / 2 == text_pair)
+            x = c % 2 == 0 && !is_image(t) ? kTextKey : 0.1 * x;
           k_pre[static_cast<size_t>(t * Hkv * d) + ch] = x;
         }
 
@@ -290,6 +302,8 @@ SynthRecording synthesize(const SynthParams& p) {
           const double damp = std::max(std::fabs(a), std::fabs(b));
           if (damp != 0.0) x /= damp;
           if (pair == sink_pair) x = sinks_on && c % 2 == 0 ? q_sink + 0.1 * x : 0.1 * x;
+          if (text_marked && pair == text_pair)
+            x = 2 * l < L && c % 2 == 0 ? q_text + 0.1 * x : 0.1 * x;
           q[static_cast<size_t>((t * H + h) * d + c)] = x;
         }
       }
@@ -376,6 +390,7 @@ SynthRecording synthesize(const SynthParams& p) {
   m["num_experts_per_tok"] = std::to_string(E > 0 ? K : 0);
   m["image_tokens"] = std::to_string(p.image_tokens);
   m["rope_theta"] = nlohmann::json(p.rope_theta).dump();
+  if (p.text_attention > 0.0) m["text_attention"] = nlohmann::json(p.text_attention).dump();
   m["vocab_size"] = std::to_string(kVocab);
   m["token_ids"] = nlohmann::json(token_ids).dump();
   m["sink_tokens"] = json_list(truth.sink_tokens);

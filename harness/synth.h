@@ -24,6 +24,11 @@
 // (SynthParams::pruned_experts) removes their share; with nothing pruned every share is present
 // and the output is exactly that of the plain generator. Without Super Experts (experts = 0)
 // the massive activations are planted uncaused.
+//
+// Text-salient early layers (text_attention > 0): text keys carry a marker on RoPE pair d/2 - 2,
+// image keys do not, and queries of layers l < L / 2 align with it, so text draws e^text_attention
+// times an image token's attention there (RoPE turns that pair by < 0.3 rad over 256 tokens at
+// d >= 16); later layers keep the sinks as the few pivots (pivot-salient attention).
 #pragma once
 
 #include <cstdint>
@@ -47,6 +52,10 @@ struct SynthParams {
   int64_t experts = 128;  // 0: dense model, no expert tensors
   int64_t top_k = 4;
   int64_t image_tokens = 64;  // a block of image tokens starting at position 8
+  // AKVQ-VL's text-salient attention (SPEC.md §6): in layers l < L / 2, every query gives each
+  // text token this many nats more logit than an image token (a key marker on the second-lowest
+  // RoPE pair, queries aligned with it). 0 (the default) leaves every value as without it.
+  double text_attention = 0.0;
   float rope_theta = 10000.0f;
   // (layer, expert) pairs whose output is zeroed (pruning study, SPEC.md §5): their down_proj
   // max-abs becomes 0 (argmax channel 0) and, for Super Experts, their share of the massive

@@ -154,57 +154,83 @@ VlmStudy run_vlm_study(const RecordingLayers& rec, const VlmParams& params) {
   AllocationParams ap = params.allocation;
   ap.bits_hi = params.bits_hi;
   ap.bits_lo = params.bits;
-  int64_t akvq_code = 0, uniform_code = 0, spec_code = 0;
+
+  // Pass 1: SPEC.md §6's allocation of every layer, so the uniform width that spends at least
+  // its average bits is known before anything is quantized.
+  std::vector<std::vector<double>> received(static_cast<size_t>(L));
+  std::vector<BitAllocation> spec(static_cast<size_t>(L));
+  int64_t spec_code = 0;
   for (int64_t l = 0; l < L; ++l) {
     const LayerTensors& t = rec.layers[static_cast<size_t>(l)];
     const KvShape& s = t.shape;
     if (t.q_heads < s.heads || t.q_heads % s.heads != 0)
       throw Error(rec.source + ": layers." + std::to_string(l) +
                   ".q heads must be a multiple of k's");
+    received[static_cast<size_t>(l)] =
+        received_attention(t.q, t.k, s.tokens, t.q_heads, s.heads, s.head_dim);
+    spec[static_cast<size_t>(l)] =
+        allocate_bits(l, L, t.modality, received[static_cast<size_t>(l)], s.tokens, ap);
+    for (uint8_t b : spec[static_cast<size_t>(l)].bits) spec_code += 2 * b * s.channels();
+    out.elements += 2 * s.tokens * s.channels();
+  }
+  const auto e = static_cast<double>(out.elements);
+  out.spec_avg_bits = static_cast<double>(spec_code) / e;
+  out.above_bits = params.bits_hi;
+  for (int b : {8, 4, 3, 2, 1})
+    if (static_cast<double>(b) >= out.spec_avg_bits) out.above_bits = b;
+
+  // Pass 2: quantize and measure every allocation.
+  int64_t akvq_code = 0, uniform_code = 0;
+  for (int64_t l = 0; l < L; ++l) {
+    const LayerTensors& t = rec.layers[static_cast<size_t>(l)];
+    const KvShape& s = t.shape;
     const int64_t T = s.tokens;
-    const std::vector<double> received =
-        received_attention(t.q, t.k, T, t.q_heads, s.heads, s.head_dim);
-    const BitAllocation spec = allocate_bits(l, L, t.modality, received, T, ap);
-    const BudgetedAllocation budget = budgeted_allocation(spec.salient, received, params);
+    const BitAllocation& sp = spec[static_cast<size_t>(l)];
+    const BudgetedAllocation budget =
+        budgeted_allocation(sp.salient, received[static_cast<size_t>(l)], params);
     const std::vector<uint8_t> uniform(static_cast<size_t>(T), static_cast<uint8_t>(params.bits));
+    const std::vector<uint8_t> above(static_cast<size_t>(T), static_cast<uint8_t>(out.above_bits));
 
     VlmLayer r;
     r.layer = l;
-    r.pattern = spec.pattern;
-    r.salient = static_cast<int64_t>(spec.salient.size());
+    r.pattern = sp.pattern;
+    r.salient = static_cast<int64_t>(sp.salient.size());
     r.promoted = budget.promoted;
     r.demoted = budget.demoted;
     const int64_t map_bits = 2 * T * kMapBitsPerToken;  // K and V maps
     const auto run = [&](std::span<const uint8_t> bits, ErrorSums& err, int64_t& storage,
-                         double& avg, int64_t& code_sum, bool has_map) {
+                         double& avg, bool has_map) {
       int64_t sk = 0, sv = 0;
       const std::vector<float> k_hat = mixed_reconstruct(t.k, s, bits, params.group, &sk);
       const std::vector<float> v_hat = mixed_reconstruct(t.v, s, bits, params.group, &sv);
       err = attention_output_error(t.q, t.k, t.v, k_hat, v_hat, s, t.q_heads);
       storage = sk + sv + (has_map ? map_bits : 0);
       avg = average(bits);
-      for (uint8_t b : bits) code_sum += 2 * b * s.channels();  // K and V
     };
-    run(budget.bits, r.akvq, r.akvq_storage, r.akvq_avg_bits, akvq_code, true);
-    run(uniform, r.uniform, r.uniform_storage, r.uniform_avg_bits, uniform_code, false);
-    run(spec.bits, r.spec, r.spec_storage, r.spec_avg_bits, spec_code, true);
+    run(budget.bits, r.akvq, r.akvq_storage, r.akvq_avg_bits, true);
+    run(uniform, r.uniform, r.uniform_storage, r.uniform_avg_bits, false);
+    run(sp.bits, r.spec, r.spec_storage, r.spec_avg_bits, true);
+    double above_avg = 0.0;
+    run(above, r.above, r.above_storage, above_avg, false);
+    for (uint8_t b : budget.bits) akvq_code += 2 * b * s.channels();
+    uniform_code += 2 * T * params.bits * s.channels();
     for (auto [pool, one] : {std::pair{&out.akvq, &r.akvq}, std::pair{&out.uniform, &r.uniform},
-                             std::pair{&out.spec, &r.spec}}) {
+                             std::pair{&out.spec, &r.spec}, std::pair{&out.above, &r.above}}) {
       pool->err2 += one->err2;
       pool->ref2 += one->ref2;
     }
-    out.elements += 2 * T * s.channels();
     out.layers.push_back(r);
   }
-  const auto e = static_cast<double>(out.elements);
   out.akvq_avg_bits = static_cast<double>(akvq_code) / e;
   out.uniform_avg_bits = static_cast<double>(uniform_code) / e;
-  out.spec_avg_bits = static_cast<double>(spec_code) / e;
   return out;
 }
 
 std::vector<StudyKey> vlm_study_keys() {
-  return {{"bits_hi", KeyType::Int}, {"bits_pay", KeyType::Int}, {"image_tokens", KeyType::Int}};
+  return {{"bits_hi", KeyType::Int},
+          {"bits_pay", KeyType::Int},
+          {"image_tokens", KeyType::Int},
+          {"text_attention", KeyType::Double}};
 }
 
 StudyOutcome vlm_study_case(const ScenarioCase& c) {
@@ -230,10 +256,12 @@ StudyOutcome vlm_study_case(const ScenarioCase& c) {
     out.measurements.push_back({"ref", metric, value, unit, 1, 0.0});
   };
   const double elements = static_cast<double>(s.elements);
-  int64_t akvq_storage = 0, uniform_storage = 0;
+  int64_t akvq_storage = 0, uniform_storage = 0, spec_storage = 0, above_storage = 0;
   for (const VlmLayer& l : s.layers) {
     akvq_storage += l.akvq_storage;
     uniform_storage += l.uniform_storage;
+    spec_storage += l.spec_storage;
+    above_storage += l.above_storage;
   }
   add("akvq_attention_rel_error", s.akvq.relative(), "ratio");
   add("uniform_attention_rel_error", s.uniform.relative(), "ratio");
@@ -243,21 +271,29 @@ StudyOutcome vlm_study_case(const ScenarioCase& c) {
   add("spec_avg_bits", s.spec_avg_bits, "bits");
   add("akvq_bits_per_element", static_cast<double>(akvq_storage) / elements, "bits");
   add("uniform_bits_per_element", static_cast<double>(uniform_storage) / elements, "bits");
+  add("spec_bits_per_element", static_cast<double>(spec_storage) / elements, "bits");
   add("akvq_beats_uniform", s.akvq.relative() < s.uniform.relative() ? 1.0 : 0.0, "bool");
+  // SPEC.md §6's allocation against the narrowest uniform width that spends at least its bits.
+  add("uniform_above_bits", static_cast<double>(s.above_bits), "bits");
+  add("uniform_above_attention_rel_error", s.above.relative(), "ratio");
+  add("uniform_above_bits_per_element", static_cast<double>(above_storage) / elements, "bits");
+  add("spec_beats_uniform_above", s.spec.relative() < s.above.relative() ? 1.0 : 0.0, "bool");
   for (const VlmLayer& l : s.layers) {
     const std::string suffix = "_L" + std::to_string(l.layer);
     add("akvq_attention_rel_error" + suffix, l.akvq.relative(), "ratio");
     add("uniform_attention_rel_error" + suffix, l.uniform.relative(), "ratio");
+    add("spec_attention_rel_error" + suffix, l.spec.relative(), "ratio");
     add("promoted" + suffix, static_cast<double>(l.promoted), "count");
   }
-  char line[256];
+  char line[320];
   std::snprintf(line, sizeof line,
                 "avg %.3f bits: akvq-vl %.4g vs uniform %.4g attention rel error (%s); SPEC "
-                "allocation %.4g at %.3f bits; %lld/%lld image tokens",
+                "allocation %.4g at %.3f bits vs uniform %d-bit %.4g (%s); %lld/%lld image tokens",
                 s.akvq_avg_bits, s.akvq.relative(), s.uniform.relative(),
                 s.akvq.relative() < s.uniform.relative() ? "akvq-vl better" : "uniform better",
-                s.spec.relative(), s.spec_avg_bits, static_cast<long long>(s.image_tokens),
-                static_cast<long long>(s.tokens));
+                s.spec.relative(), s.spec_avg_bits, s.above_bits, s.above.relative(),
+                s.spec.relative() < s.above.relative() ? "spec better" : "uniform better",
+                static_cast<long long>(s.image_tokens), static_cast<long long>(s.tokens));
   out.note = line;
   return out;
 }

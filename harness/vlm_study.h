@@ -10,7 +10,9 @@
 // non-salient tokens remain; so the code bits of every layer sum to exactly bits x T (equal
 // average bits, enforced per layer; with token-axis groups the scales and zeros are equal too,
 // and only AKVQ-VL's bit-width map, 8 bits per token, differs). SPEC.md §6's own allocation
-// (salient at bits_hi, all others at bits, average above `bits`) is reported beside, as "spec".
+// (salient at bits_hi, all others at bits, average above `bits`) is reported beside, as "spec",
+// against "above": uniform at the narrowest width that spends at least spec's average code bits
+// (fewer bits and a lower error is the paper's claim in its fair form).
 #pragma once
 
 #include <cstdint>
@@ -65,25 +67,30 @@ struct VlmLayer {
   int64_t layer = 0;
   AttentionPattern pattern = AttentionPattern::Tsa;
   int64_t salient = 0, promoted = 0, demoted = 0;
-  ErrorSums akvq, uniform, spec;
+  ErrorSums akvq, uniform, spec, above;
   double akvq_avg_bits = 0.0, uniform_avg_bits = 0.0, spec_avg_bits = 0.0;  // code bits
-  int64_t akvq_storage = 0, uniform_storage = 0, spec_storage = 0;  // K + V bits, with the map
+  // K + V bits, with the bit-width map for akvq and spec
+  int64_t akvq_storage = 0, uniform_storage = 0, spec_storage = 0, above_storage = 0;
 };
 struct VlmStudy {
   std::vector<VlmLayer> layers;
-  ErrorSums akvq, uniform, spec;  // pooled over layers
+  ErrorSums akvq, uniform, spec, above;  // pooled over layers
   double akvq_avg_bits = 0.0, uniform_avg_bits = 0.0, spec_avg_bits = 0.0;
+  int above_bits = 8;  // the smallest width in {1, 2, 3, 4, 8} >= spec_avg_bits
   int64_t elements = 0;  // K + V elements over layers
   int64_t image_tokens = 0, tokens = 0;
 };
 VlmStudy run_vlm_study(const RecordingLayers& recording, const VlmParams& params);
 
-// The scenario op: input "synthetic" (synthesized here with the `image_tokens` key) or a
+// The scenario op: input "synthetic" (synthesized here with the `image_tokens` and
+// `text_attention` keys, harness/synth.h) or a
 // recording (harness/case_recording.h); keys bits, bits_hi, bits_pay (default bits - 1), group.
 // Measurements akvq_attention_rel_error, uniform_attention_rel_error, spec_attention_rel_error,
 // avg_bits (= akvq's = uniform's), uniform_avg_bits, spec_avg_bits, akvq_bits_per_element,
-// uniform_bits_per_element, akvq_beats_uniform (1/0) and per layer
-// akvq/uniform_attention_rel_error_L<l> and promoted_L<l>.
+// uniform_bits_per_element, spec_bits_per_element, akvq_beats_uniform (1/0),
+// uniform_above_bits, uniform_above_attention_rel_error, uniform_above_bits_per_element,
+// spec_beats_uniform_above (1/0) and per layer
+// akvq/uniform/spec_attention_rel_error_L<l> and promoted_L<l>.
 StudyOutcome vlm_study_case(const ScenarioCase& c);
 std::vector<StudyKey> vlm_study_keys();
 

@@ -320,6 +320,53 @@ TEST_CASE("sinks scenario, synthetic cases: KVSink recalls the planted sinks, PF
   check_synthetic_sinks(db);
 }
 
+TEST_CASE("memory scenario: fp16 and quantized batches follow the budget over bytes per token") {
+  const std::string db = run_scenario_file(synthetic_part("memory"));
+  // LLaMA-2-13B of scenarios/memory.toml: 40 layers x 40 KV heads x 128, K and V, fp16.
+  const double fp16_token = 2.0 * 2.0 * 40 * 40 * 128;
+  const double free_bytes = (80.0 - 24.2) * 1073741824.0;
+  const std::string names = scalar(db, "SELECT group_concat(name, ' ') FROM cases");
+  int cases = 0;
+  std::istringstream in(names);
+  for (std::string name; in >> name; ++cases) {
+    INFO(name);
+    const auto m = metrics(db, name);
+    const double context = std::stod(name.substr(name.rfind("context") + 7));
+    CHECK(m.at("fp16_bytes_per_token") == fp16_token);
+    CHECK(m.at("fp16_max_batch") == std::floor(free_bytes / (fp16_token * context)));
+    CHECK(m.at("max_batch") == std::floor(free_bytes / (m.at("bytes_per_token") * context)));
+    CHECK(m.at("bytes_per_token") ==
+          Approx(m.at("bits_per_element") / 8.0 * 2 * 40 * 40 * 128).epsilon(1e-12));
+    CHECK(m.at("max_batch") >= m.at("fp16_max_batch"));
+  }
+  CHECK(cases == 6 * 2 * 3);  // methods x bits x contexts
+}
+
+TEST_CASE("vlm scenario: equal code bits, and spec's allocation meets the uniform width above") {
+  const std::string db = run_scenario_file(synthetic_part("vlm"));
+  const std::string names = scalar(db, "SELECT group_concat(name, ' ') FROM cases");
+  int cases = 0;
+  std::istringstream in(names);
+  for (std::string name; in >> name; ++cases) {
+    INFO(name);
+    const auto m = metrics(db, name);
+    const double bits = std::stod(name.substr(name.rfind("/b") + 2));
+    CHECK(m.at("avg_bits") == bits);
+    CHECK(m.at("uniform_avg_bits") == bits);
+    CHECK(m.at("spec_avg_bits") > bits);
+    int above = 0;  // the smallest width >= spec's average, by hand
+    for (int b : {1, 2, 3, 4, 8})
+      if (above == 0 && b >= m.at("spec_avg_bits")) above = b;
+    CHECK(m.at("uniform_above_bits") == above);
+    CHECK(m.at("spec_beats_uniform_above") ==
+          (m.at("spec_attention_rel_error") < m.at("uniform_above_attention_rel_error") ? 1.0 : 0.0));
+    for (const char* e : {"akvq_attention_rel_error", "uniform_attention_rel_error",
+                          "spec_attention_rel_error", "uniform_above_attention_rel_error"})
+      CHECK((std::isfinite(m.at(e)) && m.at(e) > 0.0));
+  }
+  CHECK(cases == 2 * 2 * 3);  // image mixes x text_attention x bits
+}
+
 // --- the whole scenario files: they read ../shared (the binary skips without it: keep last) ---
 
 TEST_CASE("experts scenario: tiny-moe lists its Super Expert, no planted set") {

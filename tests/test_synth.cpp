@@ -363,3 +363,61 @@ TEST_CASE("synth: out-of-range parameters are errors naming the flag") {
   p.tokens = 40;
   REQUIRE_THROWS_WITH(kvq::synthesize(p), Contains("--tokens"));
 }
+
+TEST_CASE("synth: text_attention gives text keys that many nats more logit in layers < L/2 only") {
+  kvq::SynthParams p;
+  p.text_attention = 3.0;
+  const kvq::SynthRecording marked = kvq::synthesize(p);
+  const kvq::SynthRecording plain = kvq::synthesize(kvq::SynthParams{});
+  const int64_t T = p.tokens, H = p.heads, Hkv = p.kv_heads, d = p.head_dim;
+  const auto tensor = [](const kvq::SynthRecording& r, const std::string& name) {
+    for (const auto& [n, t] : r.tensors)
+      if (n == name) return std::vector<float>(t.data<float>(), t.data<float>() + t.numel());
+    throw std::runtime_error("no tensor " + name);
+  };
+  const auto is_image = [&](int64_t t) { return t >= 8 && t < 8 + p.image_tokens; };
+  for (int64_t l = 0; l < p.layers; ++l) {
+    INFO("layer " << l);
+    // Same random stream: values and residual stream are untouched, keys only on the marker pair.
+    CHECK((tensor(marked, layer(l, "v")) == tensor(plain, layer(l, "v"))));
+    CHECK((tensor(marked, layer(l, "hidden_in")) == tensor(plain, layer(l, "hidden_in"))));
+    const std::vector<float> kp = tensor(marked, layer(l, "k_pre_rope"));
+    const std::vector<float> kp0 = tensor(plain, layer(l, "k_pre_rope"));
+    int64_t changed_off_pair = 0;
+    for (size_t i = 0; i < kp.size(); ++i)
+      if (kp[i] != kp0[i] && static_cast<int64_t>(i) % d / 2 != d / 2 - 2) ++changed_off_pair;
+    CHECK(changed_off_pair == 0);
+
+    // Mean post-RoPE logit q . k / sqrt(d) of text keys minus image keys (fp64, sinks excluded).
+    const std::vector<float> q = tensor(marked, layer(l, "q"));
+    const std::vector<float> k = tensor(marked, layer(l, "k"));
+    double text_sum = 0.0, image_sum = 0.0;
+    int64_t text_n = 0, image_n = 0;
+    for (int64_t i = 0; i < T; ++i)
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t j = 0; j <= i; ++j) {
+          if (j == 0 || j == 5) continue;
+          double dot = 0.0;
+          for (int64_t c = 0; c < d; ++c)
+            dot += static_cast<double>(q[static_cast<size_t>((i * H + h) * d + c)]) *
+                   k[static_cast<size_t>((j * Hkv + h / (H / Hkv)) * d + c)];
+          dot /= std::sqrt(static_cast<double>(d));
+          (is_image(j) ? image_sum : text_sum) += dot;
+          ++(is_image(j) ? image_n : text_n);
+        }
+    const double gap = text_sum / static_cast<double>(text_n) - image_sum / static_cast<double>(image_n);
+    CHECK(std::fabs(gap - (2 * l < p.layers ? p.text_attention : 0.0)) < 0.2);
+  }
+  CHECK(marked.metadata.at("text_attention") == "3.0");
+  CHECK(plain.metadata.count("text_attention") == 0);
+  check_ground_truth(written(p, "text_attention.safetensors"));
+}
+
+TEST_CASE("synth: text_attention out of range or with a small head_dim names the flag") {
+  kvq::SynthParams p;
+  p.text_attention = -1.0;
+  REQUIRE_THROWS_WITH(kvq::synthesize(p), Contains("--text-attention"));
+  p.text_attention = 2.0;
+  p.head_dim = 8;
+  REQUIRE_THROWS_WITH(kvq::synthesize(p), Contains("--text-attention"));
+}

@@ -177,3 +177,25 @@ TEST_CASE("vlm: kvq run stores both errors and the equal average bits", "[vlm][c
   CHECK(rows == 2 * 4);
   fs::remove_all(dir);
 }
+
+TEST_CASE("vlm: SPEC allocation is compared with the narrowest uniform width spending as much",
+          "[vlm]") {
+  const kvq::RecordingLayers rec = small_vlm();
+  kvq::VlmParams p;
+  const kvq::VlmStudy s = kvq::run_vlm_study(rec, p);
+  // Hand rule: the smallest of {1, 2, 3, 4, 8} that is >= SPEC's average code bits.
+  int expect = 0;
+  for (int b : {1, 2, 3, 4, 8})
+    if (expect == 0 && static_cast<double>(b) >= s.spec_avg_bits) expect = b;
+  CHECK(s.spec_avg_bits > 2.0);
+  REQUIRE(s.above_bits == expect);
+  // The same error as the plain uniform comparison of a study run at that width.
+  kvq::VlmParams at = p;
+  at.bits = s.above_bits;
+  at.bits_pay = s.above_bits - 1;
+  if (s.above_bits < at.bits_hi) {
+    const kvq::VlmStudy u = kvq::run_vlm_study(rec, at);
+    CHECK(u.uniform.err2 == s.above.err2);
+    CHECK(u.uniform.ref2 == s.above.ref2);
+  }
+}

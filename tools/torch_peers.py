@@ -8,7 +8,10 @@ Peers: eager FWHT (x @ H_n / sqrt(n), fp32, the matmul form), eager quantize + p
 (min/max per 128-group, codes, 4 codes per byte), rotate_quantize (H_512 matmul + reorder +
 the same quantizer), and SDPA fp16 decode at 4K / 32K / 128K tokens, B = 8, 32 heads, d = 128.
 Each is timed with CUDA events around single calls after warm-up; median over repetitions,
-spread = (max - min) / median. Only the standard library and torch are used.
+spread = (max - min) / median. The decode cases also record peak_device_memory: the peak of
+torch's allocator from before K, V and q are allocated to after one SDPA call (bytes), beside
+kv_cache_bytes (K + V fp16), as bench_cuda does for the 2-bit cache. Only the standard library
+and torch are used.
 """
 import argparse
 import datetime
@@ -69,11 +72,11 @@ def main():
     args = ap.parse_args()
     dev = torch.device("cuda")
     name = torch.cuda.get_device_name(0)
-    rows = []  # (case name, op, params, bytes read+written, seconds, spread, reps)
+    rows = []  # (case name, op, params, bytes read+written, seconds, spread, reps, extras)
 
-    def add(case, op, params, nbytes, fn):
+    def add(case, op, params, nbytes, fn, extras=()):
         t, spread, reps = timeit(fn)
-        rows.append((case, op, json.dumps(params), nbytes, t, spread, reps))
+        rows.append((case, op, json.dumps(params), nbytes, t, spread, reps, list(extras)))
         print(f"{case:52s} torch {t * 1e6:10.1f} us {nbytes / t / 1e9:9.1f} GB/s", flush=True)
 
     # Device copy of 512 MiB (the same-run copy bandwidth of the torch process).
@@ -120,14 +123,21 @@ def main():
 
     batch, heads, d = 8, 32, 128
     for t in ((4096,) if args.quick else (4096, 32768, 131072)):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
         k = torch.randn(batch, heads, t, d, device=dev, dtype=torch.float16)
         v = torch.randn(batch, heads, t, d, device=dev, dtype=torch.float16)
         q = torch.randn(batch, heads, 1, d, device=dev, dtype=torch.float16)
         f = torch.nn.functional.scaled_dot_product_attention
+        f(q, k, v)
+        torch.cuda.synchronize()
+        memory = [("peak_device_memory", torch.cuda.max_memory_allocated() - base, "bytes"),
+                  ("kv_cache_bytes", 2 * k.numel() * 2, "bytes")]
         add(f"attention_decode/T{t}/B{batch}/H32/d128/b2", "attention_decode",
             {"tokens": t, "batch": batch, "heads": heads, "head_dim": d, "dtype": "f16",
              "peer": "sdpa"}, 2.0 * k.numel() * 2 + 4.0 * q.numel(),
-            lambda q=q, k=k, v=v: f(q, k, v))
+            lambda q=q, k=k, v=v: f(q, k, v), memory)
         del k, v, q
         torch.cuda.empty_cache()
 
@@ -145,7 +155,7 @@ def main():
             (now, now, socket.gethostname(), f"torch {torch.__version__} / python "
              f"{platform.python_version()}", name, digest, " ".join(sys.argv)))
         run_id = cur.lastrowid
-        for case, op, params, nbytes, t, spread, reps in rows:
+        for case, op, params, nbytes, t, spread, reps, extras in rows:
             c = db.execute("INSERT INTO cases (run_id, name, op, params_json, repro) VALUES "
                            "(?, ?, ?, ?, ?)", (run_id, case, op, params,
                                                "python3 tools/torch_peers.py"))
@@ -157,6 +167,10 @@ def main():
             db.execute("INSERT INTO measurements (case_id, backend, metric, value, unit, "
                        "repetitions, spread) VALUES (?, ?, 'bandwidth', ?, 'GB/s', ?, ?)",
                        (cid, backend, nbytes / t / 1e9, reps, spread))
+            for metric, value, unit in extras:
+                db.execute("INSERT INTO measurements (case_id, backend, metric, value, unit, "
+                           "repetitions, spread) VALUES (?, ?, ?, ?, ?, 1, 0)",
+                           (cid, backend, metric, value, unit))
     print(f"torch_peers: {len(rows)} cases written to {args.db} (run {run_id})")
 
 
