@@ -74,6 +74,15 @@ std::string scalar(const std::string& db, const std::string& sql) {
   return r.rows.empty() || r.rows[0].empty() ? "" : r.rows[0][0];
 }
 
+// Every case name of `db`, in insertion order.
+std::vector<std::string> case_names(const std::string& db) {
+  kvq::Store store(db);
+  std::vector<std::string> out;
+  for (const auto& row : kvq::run_query(store.handle(), "SELECT name FROM cases ORDER BY id").rows)
+    out.push_back(row[0]);
+  return out;
+}
+
 // `kvq run SCENARIO --db DB` with the recording cache in a fresh folder of this test.
 std::string run_scenario_file(const std::string& scenario) {
   const fs::path dir = temp_dir(scenario);
@@ -325,10 +334,8 @@ TEST_CASE("memory scenario: fp16 and quantized batches follow the budget over by
   // LLaMA-2-13B of scenarios/memory.toml: 40 layers x 40 KV heads x 128, K and V, fp16.
   const double fp16_token = 2.0 * 2.0 * 40 * 40 * 128;
   const double free_bytes = (80.0 - 24.2) * 1073741824.0;
-  const std::string names = scalar(db, "SELECT group_concat(name, ' ') FROM cases");
-  int cases = 0;
-  std::istringstream in(names);
-  for (std::string name; in >> name; ++cases) {
+  const std::vector<std::string> names = case_names(db);
+  for (const std::string& name : names) {
     INFO(name);
     const auto m = metrics(db, name);
     const double context = std::stod(name.substr(name.rfind("context") + 7));
@@ -339,15 +346,13 @@ TEST_CASE("memory scenario: fp16 and quantized batches follow the budget over by
           Approx(m.at("bits_per_element") / 8.0 * 2 * 40 * 40 * 128).epsilon(1e-12));
     CHECK(m.at("max_batch") >= m.at("fp16_max_batch"));
   }
-  CHECK(cases == 6 * 2 * 3);  // methods x bits x contexts
+  CHECK(names.size() == 6 * 2 * 3);  // methods x bits x contexts
 }
 
 TEST_CASE("vlm scenario: equal code bits, and spec's allocation meets the uniform width above") {
   const std::string db = run_scenario_file(synthetic_part("vlm"));
-  const std::string names = scalar(db, "SELECT group_concat(name, ' ') FROM cases");
-  int cases = 0;
-  std::istringstream in(names);
-  for (std::string name; in >> name; ++cases) {
+  const std::vector<std::string> names = case_names(db);
+  for (const std::string& name : names) {
     INFO(name);
     const auto m = metrics(db, name);
     const double bits = std::stod(name.substr(name.rfind("/b") + 2));
@@ -364,7 +369,7 @@ TEST_CASE("vlm scenario: equal code bits, and spec's allocation meets the unifor
                           "spec_attention_rel_error", "uniform_above_attention_rel_error"})
       CHECK((std::isfinite(m.at(e)) && m.at(e) > 0.0));
   }
-  CHECK(cases == 2 * 2 * 3);  // image mixes x text_attention x bits
+  CHECK(names.size() == 2 * 2 * 3);  // image mixes x text_attention x bits
 }
 
 // --- the whole scenario files: they read ../shared (the binary skips without it: keep last) ---
