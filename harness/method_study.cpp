@@ -47,6 +47,7 @@ struct MethodMetrics {
   double k_err = 0, k_ref = 0, v_err = 0, v_ref = 0;
   int64_t bits = 0, elements = 0;
   double attention_rel_error = 0.0;
+  double attention_err2 = 0.0, attention_ref2 = 0.0;  // pooled over layers
   double kl_sum = 0.0;
 };
 
@@ -209,6 +210,10 @@ StudyOutcome method_study(const ScenarioCase& c) {
     const std::vector<double> want = attention_decode_oracle(q, t.q_heads, exact);
     const std::vector<double> got = attention_decode_oracle(q, t.q_heads, applied.cache);
     m.attention_rel_error = std::max(m.attention_rel_error, max_relative_error(want, got));
+    for (size_t i = 0; i < want.size(); ++i) {
+      m.attention_err2 += (got[i] - want[i]) * (got[i] - want[i]);
+      m.attention_ref2 += want[i] * want[i];
+    }
     // score_kl over the keys attention reads (the cache's reconstruction, SPEC.md §7).
     m.kl_sum += attention_score_kl(q, t.q_heads, t.shape, t.k, reconstruct_keys(applied.cache));
   }
@@ -218,11 +223,14 @@ StudyOutcome method_study(const ScenarioCase& c) {
   const double bits =
       m.elements ? static_cast<double>(m.bits) / static_cast<double>(m.elements) : 0.0;
   const double kl = layers ? m.kl_sum / static_cast<double>(layers) : 0.0;
+  const double attention_l2 =
+      m.attention_ref2 > 0 ? std::sqrt(m.attention_err2 / m.attention_ref2) : 0.0;
   StudyOutcome out;
   out.measurements = {{"ref", "kv_nmse", kv, "ratio", 1, 0.0},
                       {"ref", "k_nmse", m.k_ref > 0 ? m.k_err / m.k_ref : 0.0, "ratio", 1, 0.0},
                       {"ref", "v_nmse", m.v_ref > 0 ? m.v_err / m.v_ref : 0.0, "ratio", 1, 0.0},
                       {"ref", "attention_rel_error", m.attention_rel_error, "ratio", 1, 0.0},
+                      {"ref", "attention_rel_l2", attention_l2, "ratio", 1, 0.0},
                       {"ref", "bits_per_element", bits, "bits", 1, 0.0},
                       {"ref", "time", seconds, "s", 1, 0.0},
                       {"ref", "score_kl", kl, "nats", 1, 0.0}};

@@ -13,8 +13,10 @@
 
 namespace kvq {
 
-// Measurements (backend "ref"): kv_nmse, k_nmse, v_nmse, attention_rel_error, bits_per_element,
-// time, score_kl; with `model`: ppl, ppl_fp32. Throws kvq::Error naming the case.
+// Measurements (backend "ref"): kv_nmse, k_nmse, v_nmse, attention_rel_error (max |err| / max
+// |ref| of the newest query's decode output, maximum over layers), attention_rel_l2 (||err|| /
+// ||ref||, sums of squares pooled over layers), bits_per_element, time, score_kl; with `model`:
+// ppl, ppl_fp32. Throws kvq::Error naming the case.
 StudyOutcome method_study(const ScenarioCase& c);
 
 // The case's method parameters (method, bits, group, window, clip, zero_point, head_group;

@@ -13,7 +13,8 @@ namespace {
 
 // The papers' order, lowest error first (RotateKV Tab. 2, KIVI Tab. 1 vs RTN baselines).
 constexpr const char* kOrder[] = {"rotatekv", "kivi", "rtn"};
-constexpr const char* kMetrics[] = {"kv_nmse", "attention_rel_error"};
+constexpr const char* kMetrics[] = {"kv_nmse", "attention_rel_error", "attention_rel_l2"};
+constexpr size_t kMetricCount = std::size(kMetrics);
 
 size_t column(const QueryResult& r, const std::string& name) {
   const auto it = std::find(r.columns.begin(), r.columns.end(), name);
@@ -43,23 +44,25 @@ std::string verdict(const Triple& text) {
 QueryResult paper_orderings(const QueryResult& accuracy) {
   const size_t input = column(accuracy, "input"), method = column(accuracy, "method"),
                bits = column(accuracy, "bits");
-  const size_t metric_col[2] = {column(accuracy, kMetrics[0]), column(accuracy, kMetrics[1])};
+  std::array<size_t, kMetricCount> metric_col;
+  for (size_t m = 0; m < kMetricCount; ++m) metric_col[m] = column(accuracy, kMetrics[m]);
   // (input, bits) in report order -> the three methods' values per metric.
   std::vector<std::pair<std::string, std::string>> keys;
-  std::map<std::pair<std::string, std::string>, std::array<Triple, 2>> values;
+  std::map<std::pair<std::string, std::string>, std::array<Triple, kMetricCount>> values;
   for (const auto& row : accuracy.rows) {
     const auto it = std::find(std::begin(kOrder), std::end(kOrder), row.at(method));
     if (it == std::end(kOrder)) continue;
     const std::pair<std::string, std::string> key{row.at(input), row.at(bits)};
     if (!values.count(key)) keys.push_back(key);
-    for (size_t m = 0; m < 2; ++m)
+    for (size_t m = 0; m < kMetricCount; ++m)
       values[key][m][static_cast<size_t>(it - std::begin(kOrder))] = row.at(metric_col[m]);
   }
   QueryResult out;
   out.columns = {"input", "bits", "metric", "rotatekv", "kivi", "rtn", "ordering"};
   for (const auto& key : keys)
-    for (size_t m = 0; m < 2; ++m) {
+    for (size_t m = 0; m < kMetricCount; ++m) {
       const Triple& v = values[key][m];
+      if (v[0].empty() && v[1].empty() && v[2].empty()) continue;  // e.g. a run before the metric
       out.rows.push_back({key.first, key.second, kMetrics[m], v[0], v[1], v[2], verdict(v)});
     }
   return out;

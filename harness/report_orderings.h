@@ -9,8 +9,9 @@
 
 namespace kvq {
 
-// Reads the columns input, method, bits, kv_nmse and attention_rel_error of `accuracy`. One row
-// per input, bits and metric where at least one of rotatekv, kivi, rtn was measured. Columns:
+// Reads the columns input, method, bits, kv_nmse, attention_rel_error and attention_rel_l2 of
+// `accuracy`. One row
+// per input, bits and metric where at least one of rotatekv, kivi, rtn has that metric. Columns:
 // input, bits, metric, rotatekv, kivi, rtn, ordering; ordering is "held", "did not hold: kivi
 // 0.12 > rtn 0.1" (each adjacent pair of rotatekv < kivi < rtn that failed, "=" for a tie), or
 // "not measured: no kivi" when a method is missing. Throws kvq::Error when a column is missing.

@@ -1,4 +1,5 @@
--- Method x bits -> KV NMSE, attention error, score KL, bits/element, perplexity (SPEC.md §8).
+-- Method x bits -> KV NMSE, attention error (max-norm and L2), score KL, bits/element, perplexity
+-- (SPEC.md §8).
 -- One row per input, method and bits, from the cases of op "method". Reads the run given with
 -- --run (bound to :run), else the newest run with method cases. `input` is the case name without
 -- its method and bits parts (the recording and any other swept keys), so cases that differ only
@@ -25,6 +26,7 @@ pivot AS (
          max(CASE WHEN m.metric = 'k_nmse' THEN m.value END) AS k_nmse,
          max(CASE WHEN m.metric = 'v_nmse' THEN m.value END) AS v_nmse,
          max(CASE WHEN m.metric = 'attention_rel_error' THEN m.value END) AS attention_rel_error,
+         max(CASE WHEN m.metric = 'attention_rel_l2' THEN m.value END) AS attention_rel_l2,
          max(CASE WHEN m.metric = 'score_kl' THEN m.value END) AS score_kl,
          max(CASE WHEN m.metric = 'bits_per_element' THEN m.value END) AS bits_per_element,
          max(CASE WHEN m.metric = 'ppl' THEN m.value END) AS ppl,
@@ -39,6 +41,8 @@ SELECT input, method, bits,
        CASE WHEN v_nmse IS NULL THEN NULL ELSE printf('%.6g', v_nmse) END AS v_nmse,
        CASE WHEN attention_rel_error IS NULL THEN NULL
             ELSE printf('%.6g', attention_rel_error) END AS attention_rel_error,
+       CASE WHEN attention_rel_l2 IS NULL THEN NULL
+            ELSE printf('%.6g', attention_rel_l2) END AS attention_rel_l2,
        CASE WHEN score_kl IS NULL THEN NULL ELSE printf('%.6g', score_kl) END AS score_kl,
        CASE WHEN bits_per_element IS NULL THEN NULL
             ELSE printf('%.6g', bits_per_element) END AS bits_per_element,

@@ -95,15 +95,15 @@ void method_run(kvq::Store& s) {
   struct M {
     const char* method;
     int bits;
-    double kv, attention;
+    double kv, attention, l2;
   };
-  // 2 bits: kv_nmse in the papers' order; attention error not (kivi 0.12 > rtn 0.1).
-  // 4 bits: rotatekv not measured.
-  const M rows[] = {{"rtn", 2, 0.1, 0.1},
-                    {"kivi", 2, 0.05, 0.12},
-                    {"rotatekv", 2, 0.01, 0.02},
-                    {"rtn", 4, 0.004, 0.003},
-                    {"kivi", 4, 0.002, 0.001}};
+  // 2 bits: kv_nmse and the L2 attention error in the papers' order; the max-norm attention error
+  // not (kivi 0.12 > rtn 0.1). 4 bits: rotatekv not measured.
+  const M rows[] = {{"rtn", 2, 0.1, 0.1, 0.3},
+                    {"kivi", 2, 0.05, 0.12, 0.2},
+                    {"rotatekv", 2, 0.01, 0.02, 0.1},
+                    {"rtn", 4, 0.004, 0.003, 0.03},
+                    {"kivi", 4, 0.002, 0.001, 0.02}};
   for (const M& m : rows) {
     const nlohmann::json params = {{"op", "method"}, {"method", m.method}, {"bits", m.bits}};
     kvq::CaseRecord c =
@@ -111,6 +111,7 @@ void method_run(kvq::Store& s) {
     c.op = m.method;
     s.add_case(r, c, {},
                {measure("ref", "kv_nmse", m.kv), measure("ref", "attention_rel_error", m.attention),
+                measure("ref", "attention_rel_l2", m.l2),
                 measure("ref", "bits_per_element", m.bits + 0.25), measure("ref", "time", 0.1)});
   }
   s.finish_run(r, "complete");
@@ -286,6 +287,7 @@ TEST_CASE("report accuracy: one row per input, method and bits with the stored m
   CHECK(rows[0]["kv_nmse"] == "0.1");
   CHECK(rows[1]["method"] == "kivi");
   CHECK(rows[1]["attention_rel_error"] == "0.12");
+  CHECK(rows[1]["attention_rel_l2"] == "0.2");
   CHECK(rows[2]["method"] == "rotatekv");
   CHECK(rows[2]["bits_per_element"] == "2.25");
   CHECK(rows[3]["bits"] == "4");
@@ -312,10 +314,21 @@ TEST_CASE("report orderings: rotatekv < kivi < rtn stated as held or not, with t
       {"acc", "2", "kv_nmse", "0.01", "0.05", "0.1", "held"},
       {"acc", "2", "attention_rel_error", "0.02", "0.12", "0.1",
        "did not hold: kivi 0.12 > rtn 0.1"},
+      {"acc", "2", "attention_rel_l2", "0.1", "0.2", "0.3", "held"},
       {"acc", "4", "kv_nmse", "", "0.002", "0.004", "not measured: no rotatekv"},
       {"acc", "4", "attention_rel_error", "", "0.001", "0.003", "not measured: no rotatekv"},
+      {"acc", "4", "attention_rel_l2", "", "0.02", "0.03", "not measured: no rotatekv"},
   };
   CHECK(o.rows == want);
+
+  // A run from before a metric existed (column empty for all three) gets no row for it.
+  kvq::QueryResult older = accuracy;
+  const size_t l2 = static_cast<size_t>(
+      std::find(older.columns.begin(), older.columns.end(), "attention_rel_l2") -
+      older.columns.begin());
+  REQUIRE(l2 < older.columns.size());
+  for (Row& r : older.rows) r.at(l2) = "";
+  CHECK(kvq::paper_orderings(older).rows.size() == 4);
 
   // A tie is not "lower": both pairs fail and are named.
   kvq::QueryResult tie = accuracy;
@@ -465,6 +478,38 @@ TEST_CASE("report: unknown query, unknown run and empty database are clear error
   // last_run honours --run: run 1 had the case "gone".
   CHECK_THAT(report({"last_run", "--db", path, "--run", "1"}).out, Contains("gone"));
   CHECK_FALSE(report({"last_run", "--db", path}).out.find("gone") != std::string::npos);
+}
+
+TEST_CASE("report speedup: a run without ref times uses the newest earlier ref run of its host") {
+  const std::string path = fresh_db("speedup");
+  {
+    kvq::Store s(path);
+    // Run 1, host "test": ref 2.0 s and avx2 0.5 s. Run 2, same host: avx512 0.25 s only.
+    // Run 3, host "other": avx2 0.1 s only (no reference on that host).
+    const int64_t r1 = s.begin_run(info("perf.toml"));
+    s.add_case(r1, record("q/b2"), {}, {measure("ref", "time", 2.0), measure("avx2", "time", 0.5)});
+    s.finish_run(r1, "complete");
+    const int64_t r2 = s.begin_run(info("perf.toml"));
+    s.add_case(r2, record("q/b2"), {}, {measure("avx512", "time", 0.25)});
+    s.finish_run(r2, "complete");
+    kvq::RunInfo elsewhere = info("perf.toml");
+    elsewhere.host = "other";
+    const int64_t r3 = s.begin_run(elsewhere);
+    s.add_case(r3, record("q/b2"), {}, {measure("avx2", "time", 0.1)});
+    s.finish_run(r3, "complete");
+  }
+  const auto rows = [&](const std::string& run) {
+    const Output o = report({"speedup", "--db", path, "--run", run, "--format", "csv"});
+    REQUIRE(o.status == 0);
+    return parse_csv(o.out);
+  };
+  const std::vector<Row> one = rows("1");
+  REQUIRE(one.size() == 2);  // header + avx2
+  CHECK(one[1] == Row{"q/b2", "avx2", "2.0", "0.5", "s", "4.0", "1"});
+  const std::vector<Row> two = rows("2");
+  REQUIRE(two.size() == 2);
+  CHECK(two[1] == Row{"q/b2", "avx512", "2.0", "0.25", "s", "8.0", "1"});  // 2.0 / 0.25 from run 1
+  CHECK(rows("3").size() == 1);  // another host's reference is never used
 }
 
 TEST_CASE("report --help lists every query with one line each") {

@@ -410,6 +410,7 @@ TEST_CASE("accuracy scenario: every row finite; fp32 exact; 4 bits beat 2 bits p
     const auto fp32 = metrics(db, std::string("accuracy/") + input + "/fp32");
     CHECK(fp32.at("kv_nmse") == 0.0);
     CHECK(fp32.at("attention_rel_error") == 0.0);
+    CHECK(fp32.at("attention_rel_l2") == 0.0);
     CHECK(fp32.at("score_kl") == 0.0);
     CHECK(fp32.at("bits_per_element") == 32.0);
     for (const char* method : {"rtn", "kivi", "kvquant", "rotatekv", "kvsink+kvquant", "akvq-vl"}) {
