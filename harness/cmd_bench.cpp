@@ -12,10 +12,10 @@
 
 #include "bench/bench_ops.h"
 #include "bench/sqlite_reporter.h"
+#include "harness/cli_options.h"
 #include "harness/scenario.h"
 #include "harness/store.h"
 #include "harness/studies.h"
-#include "reference/error.h"
 
 namespace kvq {
 
@@ -47,22 +47,12 @@ int cmd_bench(int argc, char** argv) {
       "backends to measure (comma or space separated; default: the scenario's)")(
       "filter", po::value(&bench.filter), "regex on 'case/backend'")(
       "min-time", po::value(&bench.min_time), "seconds per measurement (default 0.5)");
-  po::options_description hidden;
-  hidden.add_options()("scenario", po::value(&scenario));
-  po::positional_options_description positional;
-  positional.add("scenario", 1);
-  po::options_description all;
-  all.add(options).add(hidden);
-  po::variables_map vm;
-  try {
-    po::store(po::command_line_parser(argc, argv).options(all).positional(positional).run(), vm);
-    po::notify(vm);
-  } catch (const po::error& e) {
-    throw Error(std::string("kvq bench: ") + e.what());
-  }
-  if (vm.count("help") || scenario.empty()) {
+  if (!parse_subcommand_options(argc, argv, options, "kvq bench: ",
+                                PositionalArguments{"scenario", po::value(&scenario), 1}))
+    return 0;  // --help
+  if (scenario.empty()) {
     std::cout << options << "\n";
-    return scenario.empty() && !vm.count("help") ? 2 : 0;
+    return 2;
   }
   bench.backends = split_commas(backends);
 
@@ -83,10 +73,8 @@ int cmd_bench(int argc, char** argv) {
     specs.push_back(std::move(s));
   }
 
-  std::string command = "kvq bench";
-  for (int i = 1; i < argc; ++i) command += std::string(" ") + argv[i];
   Store store(db);
-  const int64_t run_id = store.begin_run(collect_run_info(scenario, command));
+  const int64_t run_id = store.begin_run(collect_run_info(scenario, command_line(argc, argv)));
   const std::vector<BenchEntry> entries = register_bench_cases(specs, bench);
   if (entries.empty()) {
     std::fprintf(stderr, "kvq bench: nothing to measure in %s\n", scenario.c_str());

@@ -6,67 +6,44 @@
 #include <iostream>
 #include <string>
 
+#include "harness/cli_options.h"
 #include "harness/commands.h"
 #include "harness/expert_study.h"
 #include "harness/safetensors.h"
 #include "harness/store.h"
-#include "reference/error.h"
 
 namespace kvq {
 
 int cmd_experts(int argc, char** argv) {
   namespace po = boost::program_options;
   ExpertStudyParams p;
-  std::string recording, format = "table", db;
+  StudyInputs in;
   po::options_description options(
       "kvq experts REC.safetensors [options]\n\nLists the Super Experts of a Mixture-of-Experts "
       "recording (SPEC.md §5: m > P99.5 and m > floor(max / 10) over the first include_layers "
       "of the layers), scores them against planted super_experts when the metadata has them, "
       "and reports the residual-stream tokens that carry massive activations. csv and json "
       "print only the list on stdout; the rest goes to stderr.\n\nOptions");
-  options.add_options()("help,h", "this help")(
-      "format", po::value(&format)->default_value(format), "table | csv | json")(
-      "db", po::value(&db)->default_value(db), "results database (SQLite); empty: do not write")(
-      "include-layers", po::value(&p.selection.include_layers)->default_value(0.75),
-      "fraction of layers considered: l < round(fraction * L)")(
+  add_study_options(options, in)("include-layers",
+                                 po::value(&p.selection.include_layers)->default_value(0.75),
+                                 "fraction of layers considered: l < round(fraction * L)")(
       "tau-abs", po::value(&p.massive.tau_abs)->default_value(p.massive.tau_abs),
       "residual report: massive if max|h| >= this (SPEC.md §4)")(
       "tau-rel", po::value(&p.massive.tau_rel)->default_value(p.massive.tau_rel),
       "residual report: and max|h| >= this x the median token")(
       "top", po::value(&p.top)->default_value(p.top),
       "table: also list the N strongest experts");
-  po::options_description hidden;
-  hidden.add_options()("recording", po::value(&recording));
-  po::positional_options_description positional;
-  positional.add("recording", 1);
-  po::options_description all;
-  all.add(options).add(hidden);
-  po::variables_map vm;
-  try {
-    po::store(po::command_line_parser(argc, argv).options(all).positional(positional).run(), vm);
-    po::notify(vm);
-  } catch (const po::error& e) {
-    throw Error(e.what());
-  }
-  if (vm.count("help")) {
-    std::cout << options << "\n";
-    return 0;
-  }
-  if (recording.empty()) throw Error("missing the recording (kvq experts REC.safetensors)");
-  if (format != "table" && format != "csv" && format != "json")
-    throw Error("--format must be table, csv or json (got '" + format + "')");
+  if (!parse_study_options(argc, argv, options, in)) return 0;  // --help
 
-  const SafetensorsFile file = SafetensorsFile::open(recording);
+  const SafetensorsFile file = SafetensorsFile::open(in.recording);
   const ExpertStudy study = run_expert_study(file, p);
-  print_expert_study(std::cout, &std::cerr, study, format);
-  if (!db.empty()) {
-    std::string command = "kvq experts";
-    for (int i = 1; i < argc; ++i) command += std::string(" ") + argv[i];
-    Store store(db);
-    const int64_t run = store_expert_study(store, study, command);
+  print_expert_study(std::cout, &std::cerr, study, in.format);
+  if (!in.db.empty()) {
+    Store store(in.db);
+    const int64_t run = store_expert_study(store, study, command_line(argc, argv));
     std::cout.flush();
     std::fprintf(stderr, "experts: run %lld written to %s\n", static_cast<long long>(run),
-                 db.c_str());
+                 in.db.c_str());
   }
   return 0;
 }

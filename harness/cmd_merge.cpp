@@ -2,10 +2,10 @@
 // (harness/merge.h); runs already in the output are skipped and listed.
 #include <boost/program_options.hpp>
 #include <cstdio>
-#include <iostream>
 #include <string>
 #include <vector>
 
+#include "harness/cli_options.h"
 #include "harness/commands.h"
 #include "harness/merge.h"
 #include "reference/error.h"
@@ -23,23 +23,9 @@ int cmd_merge(int argc, char** argv) {
   std::vector<std::string> inputs;
   options.add_options()("help,h", "this help")("output,o", po::value(&output),
                                                "output database (created when absent)");
-  po::options_description hidden;
-  hidden.add_options()("inputs", po::value(&inputs));
-  po::positional_options_description positional;
-  positional.add("inputs", -1);
-  po::options_description all;
-  all.add(options).add(hidden);
-  po::variables_map vm;
-  try {
-    po::store(po::command_line_parser(argc, argv).options(all).positional(positional).run(), vm);
-    po::notify(vm);
-  } catch (const po::error& e) {
-    throw Error(std::string("merge: ") + e.what());
-  }
-  if (vm.count("help")) {
-    std::cout << options << "\n";
-    return 0;
-  }
+  if (!parse_subcommand_options(argc, argv, options,
+                                "merge: ", PositionalArguments{"inputs", po::value(&inputs), -1}))
+    return 0;  // --help
   if (output.empty()) throw Error("merge: missing -o ALL.db (kvq merge --help)");
   if (inputs.empty()) throw Error("merge: no input databases (kvq merge --help)");
 

@@ -3,12 +3,12 @@
 // with one case per (method, bits) to the results store.
 #include <boost/program_options.hpp>
 #include <cstdio>
-#include <iostream>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
 #include <vector>
 
+#include "harness/cli_options.h"
 #include "harness/commands.h"
 #include "harness/model/llama2.h"
 #include "harness/model/perplexity.h"
@@ -38,8 +38,8 @@ struct PplCase {
 
 int cmd_ppl(int argc, char** argv) {
   namespace po = boost::program_options;
-  std::string model_path, tokenizer_path, text_path, methods_arg, bits_arg = "2,4", backend = "ref",
-                                                                  db = "results/kvq.db";
+  Llama2Inputs inputs;
+  std::string methods_arg, bits_arg = "2,4", backend = "ref", db = "results/kvq.db";
   int64_t window = 256, max_tokens = -1;
   bool quiet = false;
   po::options_description options(
@@ -47,10 +47,7 @@ int cmd_ppl(int argc, char** argv) {
       "[--backend ref] [--window W] [--max-tokens N] [--db PATH]\n"
       "Perplexity with the KV cache passed through each method at each bit width, and with the "
       "fp32 cache (SPEC.md §9)");
-  options.add_options()("help,h", "this help")("model", po::value(&model_path)->required(),
-                                               "llama2.c checkpoint (.bin)")(
-      "tokenizer", po::value(&tokenizer_path)->required(), "llama2.c tokenizer (.bin)")(
-      "text", po::value(&text_path)->required(), "text file (UTF-8)")(
+  add_llama2_input_options(options, inputs)(
       "method", po::value(&methods_arg)->required(),
       "methods, comma-separated: fp32, rtn, kivi, kvquant, rotatekv, kvsink+kvquant, akvq-vl")(
       "bits", po::value(&bits_arg)->default_value(bits_arg), "bit widths, comma-separated")(
@@ -61,17 +58,7 @@ int cmd_ppl(int argc, char** argv) {
       "use only the first N text tokens (-1: all)")(
       "db", po::value(&db)->default_value(db), "results database (SQLite); empty: do not write")(
       "quiet", po::bool_switch(&quiet), "no progress on stderr");
-  po::variables_map vm;
-  try {
-    po::store(po::command_line_parser(argc, argv).options(options).run(), vm);
-    if (vm.count("help")) {
-      std::cout << options << "\n";
-      return 0;
-    }
-    po::notify(vm);
-  } catch (const po::error& e) {
-    throw Error(std::string("ppl: ") + e.what());
-  }
+  if (!parse_subcommand_options(argc, argv, options, "ppl: ")) return 0;  // --help
   // methods.h's IncrementalCache is the reference definition; no backend accelerates it yet.
   if (backend != "ref")
     throw Error("ppl: --backend " + backend +
@@ -95,16 +82,16 @@ int cmd_ppl(int argc, char** argv) {
     }
   }
 
-  const Model model = Model::load(model_path);
-  const Tokenizer tokenizer = Tokenizer::load(tokenizer_path);
+  const Model model = Model::load(inputs.model);
+  const Tokenizer tokenizer = Tokenizer::load(inputs.tokenizer);
   require_matching_tokenizer(model, tokenizer);
-  std::vector<int32_t> ids = tokenizer.encode(read_text_file(text_path));
+  std::vector<int32_t> ids = tokenizer.encode(read_text_file(inputs.text));
   if (max_tokens >= 0 && static_cast<int64_t>(ids.size()) > max_tokens)
     ids.resize(static_cast<size_t>(max_tokens));
-  if (ids.empty()) throw Error("ppl: " + text_path + " gives no tokens");
+  if (ids.empty()) throw Error("ppl: " + inputs.text + " gives no tokens");
   const auto chunks = ppl_chunks(ids, window);
   std::fprintf(stderr, "ppl: %s on %s: %zu tokens, %zu chunks of BOS + up to %lld\n",
-               model.name().c_str(), text_path.c_str(), ids.size(), chunks.size(),
+               model.name().c_str(), inputs.text.c_str(), ids.size(), chunks.size(),
                static_cast<long long>(window - 1));
 
   const auto progress_for = [&](const std::string& label) -> PplProgress {
@@ -148,11 +135,9 @@ int cmd_ppl(int argc, char** argv) {
   }
 
   if (!db.empty()) {
-    std::string command = "kvq ppl";
-    for (int i = 1; i < argc; ++i) command += std::string(" ") + argv[i];
     Store store(db);
-    const int64_t run = store.begin_run(collect_run_info("", command));
-    const std::string text_hash = sha256_file(text_path);
+    const int64_t run = store.begin_run(collect_run_info("", command_line(argc, argv)));
+    const std::string text_hash = sha256_file(inputs.text);
     for (const PplCase& c : results) {
       const bool is_fp32 = c.params.method == Method::Fp32;
       const std::string method = method_name(c.params.method);
@@ -163,9 +148,9 @@ int cmd_ppl(int argc, char** argv) {
       record.op = method;
       record.params_json = nlohmann::json{
           {"study", "ppl"},
-          {"model", model_path},
-          {"tokenizer", tokenizer_path},
-          {"text", text_path},
+          {"model", inputs.model},
+          {"tokenizer", inputs.tokenizer},
+          {"text", inputs.text},
           {"text_sha256", text_hash},
           {"method", method},
           {"bits", bits},
@@ -174,8 +159,8 @@ int cmd_ppl(int argc, char** argv) {
           {"tokens", c.result.predicted},
           {"chunks",
            c.result.chunks}}.dump();
-      record.repro = "kvq ppl --model " + model_path + " --tokenizer " + tokenizer_path +
-                     " --text " + text_path + " --method " + method +
+      record.repro = "kvq ppl --model " + inputs.model + " --tokenizer " + inputs.tokenizer +
+                     " --text " + inputs.text + " --method " + method +
                      (is_fp32 ? "" : " --bits " + std::to_string(bits)) + " --window " +
                      std::to_string(window) +
                      (max_tokens >= 0 ? " --max-tokens " + std::to_string(max_tokens) : "");

@@ -2,10 +2,10 @@
 // activations in the DESIGN.md recording schema (harness/model/recorder.h).
 #include <boost/program_options.hpp>
 #include <cstdio>
-#include <iostream>
 #include <string>
 #include <vector>
 
+#include "harness/cli_options.h"
 #include "harness/commands.h"
 #include "harness/model/llama2.h"
 #include "harness/model/recorder.h"
@@ -16,41 +16,29 @@ namespace kvq {
 
 int cmd_record(int argc, char** argv) {
   namespace po = boost::program_options;
-  std::string model_path, tokenizer_path, text_path, out_path;
+  Llama2Inputs inputs;
+  std::string out_path;
   int64_t tokens = 0;
   po::options_description options(
       "kvq record --model M --tokenizer T --text FILE --tokens N --out REC.safetensors\n"
       "Records BOS followed by the first N-1 tokens of FILE through a llama2.c model (fp32 "
       "cache)");
-  options.add_options()("help,h", "this help")("model", po::value(&model_path)->required(),
-                                               "llama2.c checkpoint (.bin)")(
-      "tokenizer", po::value(&tokenizer_path)->required(), "llama2.c tokenizer (.bin)")(
-      "text", po::value(&text_path)->required(), "text file (UTF-8)")(
-      "tokens", po::value(&tokens)->required(), "tokens to record, BOS included (<= seq_len)")(
+  add_llama2_input_options(options, inputs)("tokens", po::value(&tokens)->required(),
+                                            "tokens to record, BOS included (<= seq_len)")(
       "out", po::value(&out_path)->required(), "output .safetensors");
-  po::variables_map vm;
-  try {
-    po::store(po::command_line_parser(argc, argv).options(options).run(), vm);
-    if (vm.count("help")) {
-      std::cout << options << "\n";
-      return 0;
-    }
-    po::notify(vm);
-  } catch (const po::error& e) {
-    throw Error(std::string("record: ") + e.what());
-  }
+  if (!parse_subcommand_options(argc, argv, options, "record: ")) return 0;  // --help
 
-  const Model model = Model::load(model_path);
-  const Tokenizer tokenizer = Tokenizer::load(tokenizer_path);
+  const Model model = Model::load(inputs.model);
+  const Tokenizer tokenizer = Tokenizer::load(inputs.tokenizer);
   require_matching_tokenizer(model, tokenizer);
   if (tokens < 1 || tokens > model.config().seq_len)
     throw Error("record: --tokens " + std::to_string(tokens) + " outside [1, seq_len = " +
-                std::to_string(model.config().seq_len) + "] of " + model_path);
+                std::to_string(model.config().seq_len) + "] of " + inputs.model);
   // The recording starts with BOS, as llama2.c runs a sequence and as SPEC.md §9 chunks do.
-  std::vector<int32_t> ids = tokenizer.encode(read_text_file(text_path));
+  std::vector<int32_t> ids = tokenizer.encode(read_text_file(inputs.text));
   ids.insert(ids.begin(), kBosId);
   if (static_cast<int64_t>(ids.size()) < tokens)
-    throw Error("record: " + text_path + " encodes to " + std::to_string(ids.size() - 1) +
+    throw Error("record: " + inputs.text + " encodes to " + std::to_string(ids.size() - 1) +
                 " tokens; --tokens " + std::to_string(tokens) + " needs " +
                 std::to_string(tokens - 1) + " after BOS");
   ids.resize(static_cast<size_t>(tokens));

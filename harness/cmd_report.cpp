@@ -5,6 +5,7 @@
 #include <iostream>
 #include <optional>
 
+#include "harness/cli_options.h"
 #include "harness/commands.h"
 #include "harness/report.h"
 #include "harness/report_compare.h"
@@ -105,30 +106,19 @@ int cmd_report(int argc, char** argv) {
       "threshold", po::value(&threshold_text)->default_value(threshold_text),
       "--compare lists measurements whose relative change exceeds this (0.05 or 5%)")(
       "format", po::value(&format)->default_value(format), "table | csv | json");
-  po::options_description hidden;
-  hidden.add_options()("name", po::value(&name));
-  po::positional_options_description positional;
-  positional.add("name", 1);
-  po::options_description all;
-  all.add(options).add(hidden);
-  po::variables_map vm;
-  try {
-    po::store(po::command_line_parser(argc, argv).options(all).positional(positional).run(), vm);
-    po::notify(vm);
-  } catch (const po::error& e) {
-    throw Error(std::string("report: ") + e.what());
-  }
-  if (vm.count("help")) {
-    std::cout << options << "\nQueries:\n";
+  const std::optional<po::variables_map> vm = parse_subcommand_options(
+      argc, argv, options, "report: ", PositionalArguments{"name", po::value(&name), 1});
+  if (!vm) {  // --help: the options, then the queries
+    std::cout << "Queries:\n";
     list_queries(std::cout);
     return 0;
   }
-  if (vm.count("list")) {
+  if (vm->count("list")) {
     list_queries(std::cout);
     return 0;
   }
   const ReportFormat fmt = parse_report_format(format);
-  const bool comparing = vm.count("compare") > 0;
+  const bool comparing = vm->count("compare") > 0;
   if (comparing && compare.size() != 2)
     throw Error("report: --compare takes two runs, A and B (e.g. --compare last~1 last)");
   if (comparing && (!name.empty() || !sql.empty() || !run_text.empty()))
@@ -160,7 +150,7 @@ int cmd_report(int argc, char** argv) {
   std::optional<int64_t> run;
   if (!run_text.empty()) {
     run = resolve_run(handle, run_text, db);
-  } else if (!vm.count("sql")) {
+  } else if (!vm->count("sql")) {
     // A named query reads the newest run: say so plainly when there is none.
     (void)resolve_run(handle, "last", db);
   }

@@ -1,9 +1,10 @@
 // `kvq run SCENARIO` and `kvq gate SCENARIO`: the same run; gate exits 1 when a check fails.
 #include <boost/program_options.hpp>
 #include <cstdio>
-#include <iostream>
+#include <optional>
 #include <sstream>
 
+#include "harness/cli_options.h"
 #include "harness/commands.h"
 #include "harness/runner.h"
 #include "harness/scenario.h"
@@ -53,33 +54,18 @@ int run_or_gate(int argc, char** argv, bool gate) {
       "list", "print the expanded case names (after --shard and --filter) and exit")(
       "shard", po::value(&shard),
       "i/n: only the cases whose index is i mod n (e.g. a Slurm array task; kvq merge)");
-  po::options_description hidden;
-  hidden.add_options()("scenario", po::value(&scenario_path));
-  po::positional_options_description positional;
-  positional.add("scenario", 1);
-  po::options_description all;
-  all.add(options).add(hidden);
-  po::variables_map vm;
-  try {
-    po::store(po::command_line_parser(argc, argv).options(all).positional(positional).run(), vm);
-    po::notify(vm);
-  } catch (const po::error& e) {
-    throw Error(e.what());
-  }
-  if (vm.count("help")) {
-    std::cout << options << "\n";
-    return 0;
-  }
+  const std::optional<po::variables_map> vm = parse_subcommand_options(
+      argc, argv, options, "", PositionalArguments{"scenario", po::value(&scenario_path), 1});
+  if (!vm) return 0;  // --help
   if (scenario_path.empty()) throw Error("missing SCENARIO.toml (kvq " + sub + " --help)");
   std::stringstream list(backends);
   for (std::string b; std::getline(list, b, ',');)
     if (!b.empty()) run.backends.push_back(b);
   if (!shard.empty()) parse_shard(shard, run);
-  run.command = "kvq";
-  for (int i = 0; i < argc; ++i) run.command += std::string(" ") + argv[i];
+  run.command = command_line(argc, argv);
 
   const Scenario scenario = load_scenario(scenario_path);
-  if (vm.count("list")) {
+  if (vm->count("list")) {
     for (const ScenarioCase* c : select_cases(scenario, run)) std::printf("%s\n", c->name.c_str());
     return 0;
   }

@@ -8,6 +8,7 @@
 #include <sstream>
 #include <string>
 
+#include "harness/cli_options.h"
 #include "harness/commands.h"
 #include "harness/safetensors.h"
 #include "harness/sink_study.h"
@@ -44,17 +45,15 @@ std::vector<int64_t> parse_list(const std::string& text, const char* option) {
 int cmd_sinks(int argc, char** argv) {
   namespace po = boost::program_options;
   SinkStudyParams p;
-  std::string recording, format = "table", db, pfn = "1,4";
+  StudyInputs in;
+  std::string pfn = "1,4";
   po::options_description options(
       "kvq sinks REC.safetensors [options]\n\nScores the sink predictors of SPEC.md §4 (PFN, "
       "massive activations, pivot tokens, KVSink) against the attention-mass ground truth "
       "recomputed in fp64 from the recording's q and k, and against planted sinks when its "
       "metadata has sink_tokens.\n\nOptions");
-  options.add_options()("help,h", "this help")(
-      "format", po::value(&format)->default_value(format), "table | csv | json")(
-      "db", po::value(&db)->default_value(db), "results database (SQLite); empty: do not write")(
-      "tau-mass", po::value(&p.tau_mass)->default_value(p.tau_mass),
-      "ground truth: j is a sink if score_j >= this")(
+  add_study_options(options, in)("tau-mass", po::value(&p.tau_mass)->default_value(p.tau_mass),
+                                 "ground truth: j is a sink if score_j >= this")(
       "pfn", po::value(&pfn)->default_value(pfn), "PFN sizes N, comma-separated")(
       "tau-abs", po::value(&p.massive.tau_abs)->default_value(p.massive.tau_abs),
       "massive if max|h| >= this (SPEC.md §4; also finds KVSink's l*, C*)")(
@@ -63,39 +62,18 @@ int cmd_sinks(int argc, char** argv) {
       "tau-k", po::value(&p.kvsink.tau_k)->default_value(p.kvsink.tau_k),
       "KVSink: sink if max over C* >= this x the median")(
       "top", po::value(&p.top)->default_value(p.top), "print the scores of the top N tokens");
-  po::options_description hidden;
-  hidden.add_options()("recording", po::value(&recording));
-  po::positional_options_description positional;
-  positional.add("recording", 1);
-  po::options_description all;
-  all.add(options).add(hidden);
-  po::variables_map vm;
-  try {
-    po::store(po::command_line_parser(argc, argv).options(all).positional(positional).run(), vm);
-    po::notify(vm);
-  } catch (const po::error& e) {
-    throw Error(e.what());
-  }
-  if (vm.count("help")) {
-    std::cout << options << "\n";
-    return 0;
-  }
-  if (recording.empty()) throw Error("missing the recording (kvq sinks REC.safetensors)");
-  if (format != "table" && format != "csv" && format != "json")
-    throw Error("--format must be table, csv or json (got '" + format + "')");
+  if (!parse_study_options(argc, argv, options, in)) return 0;  // --help
   p.pfn = parse_list(pfn, "pfn");
 
-  const SafetensorsFile file = SafetensorsFile::open(recording);
+  const SafetensorsFile file = SafetensorsFile::open(in.recording);
   const SinkStudy study = run_sink_study(file, p);
-  print_sink_study(std::cout, study, format);
-  if (!db.empty()) {
-    std::string command = "kvq sinks";
-    for (int i = 1; i < argc; ++i) command += std::string(" ") + argv[i];
-    Store store(db);
-    const int64_t run = store_sink_study(store, study, command);
+  print_sink_study(std::cout, study, in.format);
+  if (!in.db.empty()) {
+    Store store(in.db);
+    const int64_t run = store_sink_study(store, study, command_line(argc, argv));
     std::cout.flush();
     std::fprintf(stderr, "sinks: run %lld (%zu cases) written to %s\n",
-                 static_cast<long long>(run), study.predictors.size(), db.c_str());
+                 static_cast<long long>(run), study.predictors.size(), in.db.c_str());
   }
   return 0;
 }

@@ -1,9 +1,5 @@
 #include "harness/report_runs.h"
 
-#include <sqlite3.h>
-
-#include <memory>
-
 #include "reference/error.h"
 
 namespace kvq {
@@ -67,35 +63,7 @@ int64_t resolve_run(sqlite3* db, const std::string& spec, const std::string& db_
 }
 
 QueryResult run_report_query(sqlite3* db, const std::string& sql, std::optional<int64_t> run) {
-  // The loop of run_query (harness/store.cpp), with :run bound before each statement steps.
-  QueryResult result;
-  const char* next = sql.c_str();
-  while (next && *next) {
-    sqlite3_stmt* raw = nullptr;
-    const char* tail = nullptr;
-    if (sqlite3_prepare_v2(db, next, -1, &raw, &tail) != SQLITE_OK)
-      throw Error(std::string("query: ") + sqlite3_errmsg(db));
-    next = tail;
-    if (!raw) continue;  // whitespace or a comment
-    std::unique_ptr<sqlite3_stmt, int (*)(sqlite3_stmt*)> st(raw, sqlite3_finalize);
-    if (const int index = sqlite3_bind_parameter_index(raw, ":run"); index > 0 && run)
-      sqlite3_bind_int64(raw, index, *run);
-    const int ncol = sqlite3_column_count(raw);
-    QueryResult current;
-    for (int i = 0; i < ncol; ++i) current.columns.emplace_back(sqlite3_column_name(raw, i));
-    int rc;
-    while ((rc = sqlite3_step(raw)) == SQLITE_ROW) {
-      std::vector<std::string> row;
-      for (int i = 0; i < ncol; ++i) {
-        const auto* text = sqlite3_column_text(raw, i);
-        row.emplace_back(text ? reinterpret_cast<const char*>(text) : "");
-      }
-      current.rows.push_back(std::move(row));
-    }
-    if (rc != SQLITE_DONE) throw Error(std::string("query: ") + sqlite3_errmsg(db));
-    if (ncol > 0) result = std::move(current);
-  }
-  return result;
+  return run_query(db, sql, run ? QueryParameters{{":run", *run}} : QueryParameters{});
 }
 
 }  // namespace kvq

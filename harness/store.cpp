@@ -299,6 +299,10 @@ const char* schema_sql() {
 }
 
 QueryResult run_query(sqlite3* db, const std::string& sql) {
+  return run_query(db, sql, {});
+}
+
+QueryResult run_query(sqlite3* db, const std::string& sql, const QueryParameters& parameters) {
   QueryResult result;
   const char* next = sql.c_str();
   while (next && *next) {
@@ -309,6 +313,9 @@ QueryResult run_query(sqlite3* db, const std::string& sql) {
     next = tail;
     if (!raw) continue;  // whitespace or a comment
     std::unique_ptr<sqlite3_stmt, int (*)(sqlite3_stmt*)> st(raw, sqlite3_finalize);
+    for (const auto& [name, value] : parameters)
+      if (const int index = sqlite3_bind_parameter_index(raw, name.c_str()); index > 0)
+        sqlite3_bind_int64(raw, index, value);
     const int ncol = sqlite3_column_count(raw);
     QueryResult current;
     for (int i = 0; i < ncol; ++i) current.columns.emplace_back(sqlite3_column_name(raw, i));

@@ -88,5 +88,9 @@ struct QueryResult {
   std::vector<std::vector<std::string>> rows;
 };
 QueryResult run_query(sqlite3* db, const std::string& sql);
+// The same with integer parameters bound by name (e.g. {":run", 7}) in every statement that has
+// them; a parameter left unbound is NULL (SQLite's default).
+using QueryParameters = std::vector<std::pair<std::string, int64_t>>;
+QueryResult run_query(sqlite3* db, const std::string& sql, const QueryParameters& parameters);
 
 }  // namespace kvq

@@ -1,10 +1,12 @@
 // Runs the `kvq` binary under test ($KVQ_BIN, set by tests/meson.build) as a child process, for
-// tests that check what a user sees: exit status, stdout and stderr, and what a killed process
-// leaves behind. POSIX only (fork/exec), like the rest of the harness.
+// tests that check what a user sees: exit status, stdout and stderr, what a killed process
+// leaves behind, and the measurements a `kvq run` stored. POSIX only (fork/exec), like the rest
+// of the harness.
 #pragma once
 
 #include <fcntl.h>
 #include <signal.h>
+#include <sqlite3.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -97,6 +99,70 @@ inline KvqResult run_kvq(const std::vector<std::string>& args, const std::filesy
   std::filesystem::remove(dir / (tag + ".stdout"));
   std::filesystem::remove(dir / (tag + ".stderr"));
   return r;
+}
+
+// A scenario run as a user runs it: `kvq run DIR/NAME.toml --db DIR/results.db` in a fresh
+// DIR = <temp>/kvq_test_NAME_<pid>, which the test removes when it is done.
+struct ScenarioRun {
+  std::filesystem::path dir, db;
+  KvqResult result;
+};
+
+inline ScenarioRun run_scenario(const std::string& name, const std::string& toml) {
+  ScenarioRun run;
+  run.dir = std::filesystem::temp_directory_path() /
+            ("kvq_test_" + name + "_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(run.dir);
+  const std::filesystem::path scenario = run.dir / (name + ".toml");
+  std::ofstream(scenario) << toml;
+  run.db = run.dir / "results.db";
+  run.result = run_kvq({"run", scenario.string(), "--db", run.db.string()}, run.dir);
+  return run;
+}
+
+// One row of the measurements table (results/schema.sql) with the name of its case.
+struct StoredMeasurement {
+  std::string case_name, metric;
+  double value = 0.0;
+};
+
+// The measurements in the results database `db` whose metric is one of `metrics`, ordered by
+// `order_by` (SQL over c = cases and m = measurements, e.g. "c.id, m.id").
+inline std::vector<StoredMeasurement> stored_measurements(const std::filesystem::path& db,
+                                                          const std::vector<std::string>& metrics,
+                                                          const std::string& order_by) {
+  std::string sql =
+      "SELECT c.name, m.metric, m.value FROM cases c JOIN measurements m ON m.case_id = c.id "
+      "WHERE m.metric IN (";
+  for (size_t i = 0; i < metrics.size(); ++i) sql += i ? ", ?" : "?";
+  sql += ") ORDER BY " + order_by;
+  sqlite3* h = nullptr;
+  if (sqlite3_open(db.c_str(), &h) != SQLITE_OK) {
+    sqlite3_close(h);
+    throw std::runtime_error("cannot open " + db.string());
+  }
+  sqlite3_stmt* st = nullptr;
+  if (sqlite3_prepare_v2(h, sql.c_str(), -1, &st, nullptr) != SQLITE_OK) {
+    const std::string message = sqlite3_errmsg(h);
+    sqlite3_close(h);
+    throw std::runtime_error(db.string() + ": " + message + " in " + sql);
+  }
+  for (size_t i = 0; i < metrics.size(); ++i)
+    sqlite3_bind_text(st, static_cast<int>(i) + 1, metrics[i].c_str(), -1, SQLITE_TRANSIENT);
+  std::vector<StoredMeasurement> rows;
+  int rc;
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    const auto text = [&](int column) {
+      const unsigned char* t = sqlite3_column_text(st, column);
+      return std::string(t ? reinterpret_cast<const char*>(t) : "");
+    };
+    rows.push_back({text(0), text(1), sqlite3_column_double(st, 2)});
+  }
+  const std::string message = rc == SQLITE_DONE ? "" : sqlite3_errmsg(h);
+  sqlite3_finalize(st);
+  sqlite3_close(h);
+  if (!message.empty()) throw std::runtime_error(db.string() + ": " + message + " in " + sql);
+  return rows;
 }
 
 }  // namespace kvq::testing

@@ -1,13 +1,9 @@
 // The memory study (harness/memory_study): bytes per token against layouts counted by hand
 // (SPEC.md §3: packed codes + fp16 scale + fp16 zero per group), the largest batch by hand
 // arithmetic, and one `kvq run` of the op.
-#include <unistd.h>
-
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <filesystem>
-#include <fstream>
-#include <sqlite3.h>
 
 #include "harness/memory_study.h"
 #include "harness/synth.h"
@@ -116,39 +112,21 @@ TEST_CASE("memory: the fp32 cache costs 32 bits per element and the inputs are c
 
 TEST_CASE("memory: kvq run stores bytes per token and batch ratios per method and context",
           "[memory][cli]") {
-  const fs::path dir =
-      fs::temp_directory_path() / ("kvq_test_memory_" + std::to_string(::getpid()));
-  fs::create_directories(dir);
-  const fs::path scenario = dir / "memory.toml";
-  std::ofstream(scenario) << "[[case]]\nname = \"mem\"\nop = \"memory\"\nlayers = 10\n"
-                             "heads = 4\nhead_dim = 32\nbudget_gib = 1.0\nweights_gib = 0.5\n"
-                             "method = [\"rtn\", \"rotatekv\"]\ncontext = [4096, 131072]\n";
-  const fs::path db = dir / "results.db";
-  kvq::testing::KvqProcess run({"run", scenario.string(), "--db", db.string()}, dir);
-  INFO(run.err());
-  REQUIRE(run.wait() == 0);
-  sqlite3* h = nullptr;
-  REQUIRE(sqlite3_open(db.c_str(), &h) == SQLITE_OK);
-  sqlite3_stmt* st = nullptr;
-  REQUIRE(sqlite3_prepare_v2(h,
-                             "SELECT c.name, m.metric, m.value FROM cases c JOIN measurements m "
-                             "ON m.case_id = c.id WHERE m.metric IN ('bytes_per_token', "
-                             "'max_batch', 'paper_batch_ratio') ORDER BY c.id, m.id",
-                             -1, &st, nullptr) == SQLITE_OK);
-  std::vector<std::pair<std::string, double>> rows;
-  while (sqlite3_step(st) == SQLITE_ROW)
-    rows.emplace_back(std::string(reinterpret_cast<const char*>(sqlite3_column_text(st, 0))) +
-                          " " + reinterpret_cast<const char*>(sqlite3_column_text(st, 1)),
-                      sqlite3_column_double(st, 2));
-  sqlite3_finalize(st);
-  sqlite3_close(h);
+  const kvq::testing::ScenarioRun run = kvq::testing::run_scenario(
+      "memory", "[[case]]\nname = \"mem\"\nop = \"memory\"\nlayers = 10\nheads = 4\n"
+                "head_dim = 32\nbudget_gib = 1.0\nweights_gib = 0.5\n"
+                "method = [\"rtn\", \"rotatekv\"]\ncontext = [4096, 131072]\n");
+  INFO(run.result.err);
+  REQUIRE(run.result.status == 0);
+  const std::vector<kvq::testing::StoredMeasurement> rows = kvq::testing::stored_measurements(
+      run.db, {"bytes_per_token", "max_batch", "paper_batch_ratio"}, "c.id, m.id");
   REQUIRE(rows.size() == 2 + 2 + 3 + 3);
-  CHECK(rows[0].first.find("rtn") != std::string::npos);
-  CHECK(rows[0].second == 720.0);  // the hand count above
-  CHECK(rows[1].second == 182.0);
-  CHECK(rows[3].second == 5.0);
+  CHECK(rows[0].case_name.find("rtn") != std::string::npos);
+  CHECK(rows[0].value == 720.0);  // the hand count above
+  CHECK(rows[1].value == 182.0);
+  CHECK(rows[3].value == 5.0);
   // rotatekv: pivot rows in fp16 cost more than rtn at 4K; the paper's 5.75x is stored beside.
-  CHECK(rows[4].second > 720.0);
-  CHECK(rows[6].second == 5.75);
-  fs::remove_all(dir);
+  CHECK(rows[4].value > 720.0);
+  CHECK(rows[6].value == 5.75);
+  fs::remove_all(run.dir);
 }

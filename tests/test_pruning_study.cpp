@@ -1,14 +1,10 @@
 // The Super Expert pruning study (harness/pruning_study) on the synthetic MoE: the massive
 // activations are recomputed here from the tensors in fp64 (SPEC.md §4 criterion with its own
 // median), independently of reference/sinks.
-#include <unistd.h>
-
 #include <algorithm>
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <filesystem>
-#include <fstream>
-#include <sqlite3.h>
 
 #include "harness/pruning_study.h"
 #include "harness/synth.h"
@@ -159,36 +155,22 @@ TEST_CASE("pruning study: bad targets and pruned experts are errors naming them"
 
 TEST_CASE("pruning study: kvq run stores the before/after measurements of each target",
           "[pruning][cli]") {
-  const fs::path dir =
-      fs::temp_directory_path() / ("kvq_test_pruning_" + std::to_string(::getpid()));
-  fs::create_directories(dir);
-  const fs::path scenario = dir / "pruning.toml";
-  std::ofstream(scenario) << "[[case]]\nname = \"prune\"\nop = \"expert_pruning\"\n"
-                             "prune = [\"se1\", \"control\"]\n";
-  const fs::path db = dir / "results.db";
-  kvq::testing::KvqProcess run({"run", scenario.string(), "--db", db.string()}, dir);
-  INFO(run.err());
-  REQUIRE(run.wait() == 0);
-  sqlite3* h = nullptr;
-  REQUIRE(sqlite3_open(db.c_str(), &h) == SQLITE_OK);
-  sqlite3_stmt* st = nullptr;
-  REQUIRE(sqlite3_prepare_v2(h,
-                             "SELECT c.name, m.metric, m.value FROM cases c JOIN measurements m "
-                             "ON m.case_id = c.id WHERE m.metric IN ('massive_before', "
-                             "'massive_after', 'activations_identical') ORDER BY c.name, m.metric",
-                             -1, &st, nullptr) == SQLITE_OK);
+  const kvq::testing::ScenarioRun run =
+      kvq::testing::run_scenario("pruning",
+                                 "[[case]]\nname = \"prune\"\nop = \"expert_pruning\"\n"
+                                 "prune = [\"se1\", \"control\"]\n");
+  INFO(run.result.err);
+  REQUIRE(run.result.status == 0);
   std::vector<std::string> rows;
-  while (sqlite3_step(st) == SQLITE_ROW)
-    rows.push_back(std::string(reinterpret_cast<const char*>(sqlite3_column_text(st, 0))) + " " +
-                   reinterpret_cast<const char*>(sqlite3_column_text(st, 1)) + " " +
-                   std::to_string(static_cast<int>(sqlite3_column_double(st, 2))));
-  sqlite3_finalize(st);
-  sqlite3_close(h);
+  for (const kvq::testing::StoredMeasurement& m : kvq::testing::stored_measurements(
+           run.db, {"massive_before", "massive_after", "activations_identical"},
+           "c.name, m.metric"))
+    rows.push_back(m.case_name + " " + m.metric + " " + std::to_string(static_cast<int>(m.value)));
   CHECK(rows == std::vector<std::string>{
                     // case names: prefix, then the study key and its value (scenario.cpp)
                     "prune/prunecontrol activations_identical 1",
                     "prune/prunecontrol massive_after 6", "prune/prunecontrol massive_before 6",
                     "prune/prunese1 activations_identical 0", "prune/prunese1 massive_after 4",
                     "prune/prunese1 massive_before 6"});
-  fs::remove_all(dir);
+  fs::remove_all(run.dir);
 }

@@ -238,11 +238,14 @@ TEST_CASE("store: named queries run on a small populated database") {
 
   const kvq::QueryResult speedup = kvq::run_query(store.handle(), sql["speedup"]);
   REQUIRE(speedup.rows.size() == 2);
-  CHECK(speedup.columns.back() == "speedup");
+  REQUIRE(speedup.columns.size() == 7);
+  CHECK(speedup.columns[5] == "speedup");
+  CHECK(speedup.columns[6] == "ref_run");
   CHECK(speedup.rows[0][1] == "avx2");
-  CHECK(std::stod(speedup.rows[0].back()) == 4.0);
+  CHECK(std::stod(speedup.rows[0][5]) == 4.0);
   CHECK(speedup.rows[1][1] == "cuda");
-  CHECK(std::stod(speedup.rows[1].back()) == 8.0);
+  CHECK(std::stod(speedup.rows[1][5]) == 8.0);
+  CHECK(speedup.rows[1][6] == speedup.rows[0][6]);  // the newest run timed ref itself
 
   const kvq::QueryResult failing = kvq::run_query(store.handle(), sql["failing"]);
   REQUIRE(failing.rows.size() == 1);

@@ -1,14 +1,10 @@
 // The AKVQ-VL vs uniform study (harness/vlm_study): the budget by hand, equal average bits on a
 // synthetic VLM recording, the mixed-width quantizer against apply_method(akvq-vl), and the
 // attention-output error against a naive fp64 softmax written here.
-#include <unistd.h>
-
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <filesystem>
-#include <fstream>
 #include <numeric>
-#include <sqlite3.h>
 
 #include "harness/synth.h"
 #include "harness/vlm_study.h"
@@ -143,39 +139,25 @@ TEST_CASE("vlm: attention-output error equals a naive fp64 softmax attention on 
 }
 
 TEST_CASE("vlm: kvq run stores both errors and the equal average bits", "[vlm][cli]") {
-  const fs::path dir = fs::temp_directory_path() / ("kvq_test_vlm_" + std::to_string(::getpid()));
-  fs::create_directories(dir);
-  const fs::path scenario = dir / "vlm.toml";
-  std::ofstream(scenario) << "[[case]]\nname = \"vlm\"\nop = \"vlm\"\ntokens = 128\n"
-                             "image_tokens = 96\nbits_hi = [4, 8]\n";
-  const fs::path db = dir / "results.db";
-  kvq::testing::KvqProcess run({"run", scenario.string(), "--db", db.string()}, dir);
-  INFO(run.err());
-  REQUIRE(run.wait() == 0);
-  sqlite3* h = nullptr;
-  REQUIRE(sqlite3_open(db.c_str(), &h) == SQLITE_OK);
-  sqlite3_stmt* st = nullptr;
-  REQUIRE(sqlite3_prepare_v2(h,
-                             "SELECT c.name, m.metric, m.value FROM cases c JOIN measurements m "
-                             "ON m.case_id = c.id WHERE m.metric IN ('avg_bits', "
-                             "'uniform_avg_bits', 'akvq_attention_rel_error', "
-                             "'uniform_attention_rel_error') ORDER BY c.name, m.metric",
-                             -1, &st, nullptr) == SQLITE_OK);
-  int rows = 0;
-  while (sqlite3_step(st) == SQLITE_ROW) {
-    const std::string metric = reinterpret_cast<const char*>(sqlite3_column_text(st, 1));
-    const double value = sqlite3_column_double(st, 2);
-    INFO(metric);
-    if (metric.find("avg_bits") != std::string::npos)
-      CHECK(value == 2.0);
+  const kvq::testing::ScenarioRun run = kvq::testing::run_scenario(
+      "vlm",
+      "[[case]]\nname = \"vlm\"\nop = \"vlm\"\ntokens = 128\nimage_tokens = 96\n"
+      "bits_hi = [4, 8]\n");
+  INFO(run.result.err);
+  REQUIRE(run.result.status == 0);
+  const std::vector<kvq::testing::StoredMeasurement> rows = kvq::testing::stored_measurements(
+      run.db,
+      {"avg_bits", "uniform_avg_bits", "akvq_attention_rel_error", "uniform_attention_rel_error"},
+      "c.name, m.metric");
+  for (const kvq::testing::StoredMeasurement& m : rows) {
+    INFO(m.metric);
+    if (m.metric.find("avg_bits") != std::string::npos)
+      CHECK(m.value == 2.0);
     else
-      CHECK((std::isfinite(value) && value > 0.0));
-    ++rows;
+      CHECK((std::isfinite(m.value) && m.value > 0.0));
   }
-  sqlite3_finalize(st);
-  sqlite3_close(h);
-  CHECK(rows == 2 * 4);
-  fs::remove_all(dir);
+  CHECK(rows.size() == 2 * 4);
+  fs::remove_all(run.dir);
 }
 
 TEST_CASE("vlm: SPEC allocation is compared with the narrowest uniform width spending as much",
