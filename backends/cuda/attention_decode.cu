@@ -41,6 +41,27 @@ __device__ __forceinline__ float half_value(uint16_t h) {
   return __half2float(__ushort_as_half(h));
 }
 
+// Merges `rows` streams of one block (o [rows][d] unnormalized, m and l per stream; a stream that
+// saw no token has m = -inf) into one partial [m, l, o[d]] at `out`. Called by every thread.
+__device__ void store_partial(const float* rows_o, const float* rows_m, const float* rows_l,
+                              int rows, int d, float* out) {
+  float mx = kNegInf;
+  for (int r = 0; r < rows; ++r) mx = fmaxf(mx, rows_m[r]);
+  for (int c = threadIdx.x; c < d; c += blockDim.x) {
+    float acc = 0.0f;
+    for (int r = 0; r < rows; ++r)
+      if (rows_m[r] != kNegInf) acc = fmaf(exp2f(rows_m[r] - mx), rows_o[r * d + c], acc);
+    out[2 + c] = acc;
+  }
+  if (threadIdx.x == 0) {
+    float lsum = 0.0f;
+    for (int r = 0; r < rows; ++r)
+      if (rows_m[r] != kNegInf) lsum = fmaf(exp2f(rows_m[r] - mx), rows_l[r], lsum);
+    out[0] = mx;
+    out[1] = lsum;
+  }
+}
+
 // q_out = (H q if hadamard) * log2(e) / sqrt(d), one block of d threads (d <= 1024) per head.
 __global__ void prepare_query_kernel(const float* __restrict__ q, int d, bool hadamard,
                                      float* __restrict__ out) {
@@ -263,26 +284,19 @@ __global__ void __launch_bounds__(kThreads)
       rows_l[row] = l[q];
     }
     __syncthreads();
-    float mx = kNegInf;
-    for (int r = 0; r < rows; ++r) mx = fmaxf(mx, rows_m[r]);
     const int64_t head = static_cast<int64_t>(b) * p.q_heads + hk * per_kv + q_slice + q;
-    float* out = partial + (head * chunks + chunk) * (2 + d);
-    for (int c = threadIdx.x; c < d; c += kThreads) {
-      float acc = 0.0f;
-      for (int r = 0; r < rows; ++r)
-        if (rows_m[r] != kNegInf) acc = fmaf(exp2f(rows_m[r] - mx), rows_o[r * d + c], acc);
-      out[2 + c] = acc;
-    }
-    if (threadIdx.x == 0) {
-      float lsum = 0.0f;
-      for (int r = 0; r < rows; ++r)
-        if (rows_m[r] != kNegInf) lsum = fmaf(exp2f(rows_m[r] - mx), rows_l[r], lsum);
-      out[0] = mx;
-      out[1] = lsum;
-    }
+    store_partial(rows_o, rows_m, rows_l, rows, d, partial + (head * chunks + chunk) * (2 + d));
     __syncthreads();
   }
 }
+
+}  // namespace
+}  // namespace kvq::cuda
+
+#include "backends/cuda/decode_mma_kernel.cuh"
+
+namespace kvq::cuda {
+namespace {
 
 // Dense fp32 K, V [tokens, heads, d] (one sequence), one block per (query head, chunk): each
 // warp streams tokens w, w + 4, ...; lanes hold channels lane + 32 i.
@@ -344,22 +358,8 @@ __global__ void __launch_bounds__(kThreads)
   }
   if (lane == 0) rows_m[warp] = m, rows_l[warp] = l;
   __syncthreads();
-  float mx = kNegInf;
-  for (int r = 0; r < 4; ++r) mx = fmaxf(mx, rows_m[r]);
-  float* out = partial + (static_cast<int64_t>(head) * chunks + chunk) * (2 + d);
-  for (int c = threadIdx.x; c < d; c += kThreads) {
-    float acc = 0.0f;
-    for (int r = 0; r < 4; ++r)
-      if (rows_m[r] != kNegInf) acc = fmaf(exp2f(rows_m[r] - mx), rows_o[r * d + c], acc);
-    out[2 + c] = acc;
-  }
-  if (threadIdx.x == 0) {
-    float lsum = 0.0f;
-    for (int r = 0; r < 4; ++r)
-      if (rows_m[r] != kNegInf) lsum = fmaf(exp2f(rows_m[r] - mx), rows_l[r], lsum);
-    out[0] = mx;
-    out[1] = lsum;
-  }
+  store_partial(rows_o, rows_m, rows_l, 4, d,
+                partial + (static_cast<int64_t>(head) * chunks + chunk) * (2 + d));
 }
 
 // o = sum_c w_c O_c / sum_c w_c l_c, w_c = 2^(m_c - max m); then H o when V was rotated.
@@ -425,10 +425,37 @@ void launch_packed(const PackedDecode& p, const float* qprep, float* partial, in
   }
 }
 
+// The tensor-core path (decode_mma_kernel.cuh): 2 bits, head_dim 128, one group per head.
+bool mma_decode_applies(const PackedDecode& p) {
+  return p.layout.bits == 2 && p.head_dim == kMmaDim && p.layout.group % kMmaDim == 0;
+}
+
+template <int kNq>
+void launch_mma(const PackedDecode& p, const float* qprep, float* partial, int64_t chunks,
+                cudaStream_t stream) {
+  const size_t smem = (kMmaWarps * kMmaDim + 2 * kMmaWarps) * sizeof(float);
+  const dim3 grid(static_cast<unsigned>(p.heads), static_cast<unsigned>(chunks),
+                  static_cast<unsigned>(p.batch));
+  for (int slice = 0; slice < p.q_heads / p.heads; slice += kNq) {
+    mma_decode_kernel<kNq><<<grid, kMmaWarps * 32, smem, stream>>>(p, qprep, slice, partial,
+                                                                    chunks);
+    check_launch("attention_decode mma kernel");
+  }
+}
+
 template <int kBits>
 void dispatch_packed(const PackedDecode& p, const float* qprep, float* partial, int64_t chunks,
                      cudaStream_t stream) {
   const int per_kv = p.q_heads / p.heads;
+  if (mma_decode_applies(p)) {
+    if (per_kv % 4 == 0)
+      launch_mma<4>(p, qprep, partial, chunks, stream);
+    else if (per_kv % 2 == 0)
+      launch_mma<2>(p, qprep, partial, chunks, stream);
+    else
+      launch_mma<1>(p, qprep, partial, chunks, stream);
+    return;
+  }
   if (per_kv % 4 == 0)
     launch_packed<kBits, 4, 4>(p, qprep, partial, chunks, stream);
   else if (per_kv % 2 == 0)
