@@ -370,6 +370,177 @@ TEST_CASE("avx: non-finite input and fp16 overflow fail with the reference's err
   }
 }
 
+// ---- fused rotate_quantize: the token-block path (backends/avx/rotate_quantize.h) ----------
+
+// The reference's error text for this rotate_quantize, or "" when it succeeds.
+std::string reference_error(const Tensor& t, const KvShape& shape, const RotateQuantizeParams& p) {
+  try {
+    reference_rotate_quantize(t.view(), shape, p);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST_CASE("avx: rotate_quantize token blocks equal the reference for every layout they take") {
+  // 37 (21) tokens: 2 (1) blocks of 16 on AVX-512, 4 (2) of 8 on AVX2, plus per-token tails.
+  // Channels 32, 256, 1024 and 4096; fwht sizes n = 8 .. 4096 and none (1 to 12 stages: every split
+  // into register passes), with and without the permutation; b in {1, 2, 4, 8} with G * b a
+  // multiple of 32 (the block path's layouts); both zero points, clip 0.8 and 1.0; F16 / BF16 / F32
+  // input.
+  for (const KvCase& kc :
+       {KvCase{37, 4, 8}, KvCase{37, 2, 128}, KvCase{37, 8, 128}, KvCase{21, 16, 256}}) {
+    const KvShape shape{kc.tokens, kc.heads, kc.head_dim};
+    const std::vector<float> x = make_data(shape.tokens, shape.channels(), 5);
+    Tensor f32 = Tensor::from_f32(x, {shape.tokens, shape.heads, shape.head_dim});
+    Tensor f16(DType::F16, {shape.tokens, shape.heads, shape.head_dim});
+    Tensor bf16(DType::BF16, {shape.tokens, shape.heads, shape.head_dim});
+    for (size_t i = 0; i < x.size(); ++i) {
+      f16.data<uint16_t>()[i] = float_to_half(x[i] / 1024.0f);
+      bf16.data<uint16_t>()[i] = float_to_bf16(x[i]);
+    }
+    for (AppendRotation rotation :
+         {AppendRotation::None, AppendRotation::KeyGrouped, AppendRotation::PerHead})
+      for (int wide : {0, 1})  // head groups of 1 or 2 heads (4 or 8 at 8, 8 or 16 at 16)
+        for (bool perm : {false, true})
+          for (int bits : {1, 2, 4, 8})
+            for (int64_t group : {32, 128, 256})
+              for (ZeroPoint zp : {ZeroPoint::Float, ZeroPoint::Int}) {
+                if (rotation != AppendRotation::KeyGrouped && (wide || perm)) continue;
+                const int head_group = (kc.heads >= 8 ? kc.heads / 2 : 1) << wide;
+                RotateQuantizeParams p;
+                p.rotation = rotation;
+                p.rotation_params.head_group = head_group;
+                if (perm) p.rotation_params.perm = make_perm(shape.channels(), 11);
+                p.quant.bits = bits;
+                p.quant.group = group;
+                p.quant.zero_point = zp;
+                p.quant.clip = group == 128 ? 0.8f : 1.0f;
+                for (const Tensor* t : {&f16, &bf16, &f32}) {
+                  if (t != &f16 && (group != 128 || zp == ZeroPoint::Int)) continue;  // time
+                  const Quantized expected = reference_rotate_quantize(t->view(), shape, p);
+                  for (const Isa& isa : isas()) {
+                    const std::string what =
+                        isa.name + " " + describe(kc) + " rot" +
+                        std::to_string(static_cast<int>(rotation)) + " g" +
+                        std::to_string(head_group) + (perm ? " perm" : "") + " b" +
+                        std::to_string(bits) + " G" + std::to_string(group) +
+                        (zp == ZeroPoint::Int ? " int " : " float ") + dtype_name(t->dtype);
+                    REQUIRE(bitwise_diff(expected,
+                                         isa.backend->rotate_quantize(t->view(), shape, p),
+                                         what) == "");
+                  }
+                }
+              }
+  }
+}
+
+TEST_CASE("avx: rotate_quantize codes at exact half-integer ties round to even, as the reference") {
+  // Without rotation, every group holds -1 and 2 (so z = -1 and s = 1 exactly) and values whose
+  // t = (x - z) / s lands on the ties 0.5, 1.5, 2.5 (rne: 0, 2, 2), where the reciprocal filter
+  // must hand over to the correctly rounded division, or just off them (0.5 + 2^-23 -> 1,
+  // 2.5 + 2^-22 -> 3). Checked against the reference and hand-worked codes.
+  const KvShape shape{32, 1, 128};
+  std::vector<float> x(static_cast<size_t>(shape.tokens * shape.channels()));
+  const float ties[] = {-0.5f, 0.5f, 1.5f, -0.5f + 0x1p-23f, 1.5f + 0x1p-22f};  // codes 0 2 2 1 3
+  for (int64_t t = 0; t < shape.tokens; ++t)
+    for (int64_t c = 0; c < 128; ++c)
+      x[static_cast<size_t>(t * 128 + c)] = c == 0 ? -1.0f : c == 1 ? 2.0f : ties[(c + t) % 5];
+  const Tensor f32 = Tensor::from_f32(x, {shape.tokens, 1, 128});
+  RotateQuantizeParams p;
+  p.rotation = AppendRotation::None;
+  p.quant.bits = 2;
+  p.quant.clip = 1.0f;
+  const Quantized expected = reference_rotate_quantize(f32.view(), shape, p);
+  REQUIRE(expected.scale[0] == 0x3C00);  // 1.0
+  REQUIRE(expected.zero[0] == 0xBC00);   // -1.0
+  // Token 0: codes 0..3 = 0 (x -1), 3 (x 2), 2 (tie 2.5), 1; codes 4..7 = 3, 0 (tie 0.5), 2 (tie
+  // 1.5), 2 (tie 2.5); code 4j + k at bits 2k of byte j.
+  REQUIRE(expected.codes[0] == (0 | 3 << 2 | 2 << 4 | 1 << 6));
+  REQUIRE(expected.codes[1] == (3 | 0 << 2 | 2 << 4 | 2 << 6));
+  for (const Isa& isa : isas())
+    REQUIRE(bitwise_diff(expected, isa.backend->rotate_quantize(f32.view(), shape, p),
+                         isa.name + " ties") == "");
+}
+
+TEST_CASE(
+    "avx: rotate_quantize with zero, constant and subnormal-scale tokens equals the reference") {
+  // Tokens inside blocks whose groups hit every case the block path hands back to the per-token
+  // path: min or max exactly +-0 (the reference keeps the first zero's sign), a constant group
+  // (s == 0), and, with the integer zero point, an fp32 scale below 2^-128 whose reciprocal
+  // overflows to inf.
+  const KvShape shape{48, 2, 128};
+  std::vector<float> x = make_data(shape.tokens, shape.channels(), 17);
+  for (int64_t c = 0; c < shape.channels(); ++c) {
+    x[static_cast<size_t>(9 * 256 + c)] = c % 2 ? 0.0f : -0.0f;             // all zeros
+    x[static_cast<size_t>(10 * 256 + c)] = 0.75f;                           // constant
+    x[static_cast<size_t>(11 * 256 + c)] = (c % 5 - 2) * 1e-39f;            // subnormal range
+    x[static_cast<size_t>(12 * 256 + c)] = c % 3 == 0 ? 0.0f : 1.0f + c;    // min 0
+    x[static_cast<size_t>(13 * 256 + c)] = c % 3 == 0 ? -0.0f : -1.0f - c;  // max -0
+  }
+  const Tensor f32 = Tensor::from_f32(x, {shape.tokens, shape.heads, shape.head_dim});
+  for (ZeroPoint zp : {ZeroPoint::Float, ZeroPoint::Int})
+    for (int bits : {2, 4}) {
+      RotateQuantizeParams p;
+      p.rotation = AppendRotation::None;
+      p.quant.bits = bits;
+      p.quant.zero_point = zp;
+      p.quant.clip = 1.0f;
+      const Quantized expected = reference_rotate_quantize(f32.view(), shape, p);
+      for (const Isa& isa : isas())
+        REQUIRE(bitwise_diff(expected, isa.backend->rotate_quantize(f32.view(), shape, p),
+                             isa.name + " b" + std::to_string(bits) +
+                                 (zp == ZeroPoint::Int ? " int" : " float")) == "");
+    }
+}
+
+TEST_CASE(
+    "avx: quantize with an integer zero point and a scale below 2^-128 equals the reference") {
+  // s = (hi - lo) / 3 = 2e-39 is subnormal and fl(1/s) overflows to inf: the reciprocal filter
+  // must count such lanes as near a tie and divide (x = 0 gives rne(0 / s) + zp = zp = 2).
+  const std::vector<float> x = {-3e-39f, 0.0f, 3e-39f, 1e-39f, -1e-39f, 2e-39f, 0.0f, -2e-39f};
+  QuantParams p;
+  p.zero_point = ZeroPoint::Int;
+  p.group = 8;
+  const Quantized expected = ref().quantize(x, 1, 8, p);
+  REQUIRE(expected.zero_int[0] == 2);  // rne(3e-39 / 2e-39) = rne(1.5) = 2
+  for (const Isa& isa : isas())
+    REQUIRE(bitwise_diff(expected, isa.backend->quantize(x, 1, 8, p), isa.name) == "");
+}
+
+TEST_CASE("avx: rotate_quantize reports non-finite values inside a token block as the reference") {
+  // NaN and inf at positions inside blocks, in F16 and F32 input, and an fp32 input whose fwht
+  // overflows to inf (the reference reports the rotated value): same message, same index.
+  const KvShape shape{40, 8, 128};
+  const std::vector<float> x = make_data(shape.tokens, shape.channels(), 23);
+  RotateQuantizeParams p;
+  p.rotation_params.perm = make_perm(shape.channels(), 4);
+  const float inf = std::numeric_limits<float>::infinity();
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  struct Bad {
+    int64_t index;
+    float value;
+  };
+  for (const Bad& bad : {Bad{21 * 1024 + 700, nan}, Bad{5 * 1024 + 3, -inf},
+                         Bad{33 * 1024 + 1023, inf}, Bad{17 * 1024, 3e38f}})
+    for (DType dtype : {DType::F32, DType::F16}) {
+      if (dtype == DType::F16 && bad.value == 3e38f) continue;
+      std::vector<float> y = x;
+      y[static_cast<size_t>(bad.index)] = bad.value;
+      if (bad.value == 3e38f) y[static_cast<size_t>(bad.index + 1)] = 3e38f;  // sums overflow
+      Tensor t = Tensor::from_f32(y, {shape.tokens, shape.heads, shape.head_dim});
+      if (dtype == DType::F16) {
+        Tensor h(DType::F16, {shape.tokens, shape.heads, shape.head_dim});
+        for (size_t i = 0; i < y.size(); ++i) h.data<uint16_t>()[i] = float_to_half(y[i] / 1024.0f);
+        t = std::move(h);
+      }
+      const std::string expected = reference_error(t, shape, p);
+      REQUIRE(expected != "");
+      for (const Isa& isa : isas())
+        REQUIRE_THROWS_WITH(isa.backend->rotate_quantize(t.view(), shape, p), expected);
+    }
+}
+
 // ---- decode attention (SPEC.md §7: tolerance against the fp64 oracle) ----------------------
 
 // How a test cache stores K and V (reference/attention.h DecodeCache).

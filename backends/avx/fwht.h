@@ -122,4 +122,98 @@ void fwht_kernel(float* x, int64_t blocks, int n, float scale) {
   }
 }
 
+// ---- Token blocks (rotate_quantize.h): W tokens channel-major, vector c = channel c ------------
+//
+// Here a butterfly is one vector add or subtract between two channels' vectors, lane by lane, so
+// no stage needs a shuffle and tokens never mix; stages still run in ascending h with one add or
+// subtract per output, so every lane equals the reference bit for bit (SPEC.md §1). The stages go
+// in passes of K <= S::kSoaRadixLog consecutive stages held in registers: a pass covering stages
+// h0, 2 h0, ..., 2^(K-1) h0 loads the 2^K vectors i + j * h0 (i in a block of n, i mod (2^K h0) <
+// h0), runs its K stages and stores them. load(i, j, q) and store(i, j, q, v) address vector
+// i + j * h0; q = begin + (number of vectors the pass visited before this group), so q + j numbers
+// the vectors of [begin, begin + n) in the order the pass stores them (see fwht_soa_visit).
+// load and store are small lambdas taken by value: their captures are then locals of this
+// function that stay in registers (vector stores may alias anything, so captures reached through
+// a reference would be reloaded after every store).
+template <class S, int K, class Load, class Store>
+inline void fwht_soa_pass(int64_t begin, int n, int64_t h0, Load load, Store store) {
+  using V = typename S::V;
+  constexpr int R = 1 << K;
+  int64_t q = begin;
+  auto butterflies = [&](int64_t i) __attribute__((always_inline)) {
+    V r[R];
+#pragma GCC unroll 16
+    for (int j = 0; j < R; ++j) r[j] = load(i, j, q);
+#pragma GCC unroll 4
+    for (int hv = 1; hv < R; hv *= 2) {
+#pragma GCC unroll 16
+      for (int j = 0; j < R; ++j) {
+        if (j & hv) continue;
+        const V a = r[j];
+        const V b = r[j + hv];
+        r[j] = S::add(a, b);
+        r[j + hv] = S::sub(a, b);
+      }
+    }
+#pragma GCC unroll 16
+    for (int j = 0; j < R; ++j) store(i, j, q, r[j]);
+    q += R;
+  };
+  if (h0 == 1) {  // the first pass: consecutive groups of R vectors
+    for (int64_t i = begin; i < begin + n; i += R) butterflies(i);
+    return;
+  }
+  for (int64_t base = begin; base < begin + n; base += h0 * R)
+    for (int64_t i = base; i < base + h0; ++i) butterflies(i);
+}
+
+// The vectors of [begin, begin + n) in the order fwht_soa_pass stores them: visit(q, c) for
+// q = begin, begin + 1, ...
+template <class Visit>
+inline void fwht_soa_visit(int K, int64_t begin, int n, int64_t h0, Visit&& visit) {
+  const int R = 1 << K;
+  int64_t q = begin;
+  for (int64_t base = begin; base < begin + n; base += h0 * R)
+    for (int64_t i = base; i < base + h0; ++i)
+      for (int j = 0; j < R; ++j) visit(q++, i + j * h0);
+}
+
+// The pass of K (runtime, 0 <= K <= S::kSoaRadixLog) stages.
+template <class S, class Load, class Store>
+inline void fwht_soa_pass_k(int K, int64_t begin, int n, int64_t h0, Load load, Store store) {
+  switch (K) {
+    case 0: fwht_soa_pass<S, 0>(begin, n, h0, load, store); break;
+    case 1: fwht_soa_pass<S, 1>(begin, n, h0, load, store); break;
+    case 2: fwht_soa_pass<S, 2>(begin, n, h0, load, store); break;
+    case 3: fwht_soa_pass<S, 3>(begin, n, h0, load, store); break;
+    default:
+      if constexpr (S::kSoaRadixLog >= 4) fwht_soa_pass<S, 4>(begin, n, h0, load, store);
+      break;
+  }
+}
+
+// How the log2(n) stages of one fwht block split into passes: at most S::kSoaRadixLog stages
+// each, as even as possible (n = 512: 3 + 3 + 3). n == 1 and "no fwht" are one pass of 0 stages
+// (the scaling multiply, or a multiply by 1, which is exact, and the permuted store).
+struct SoaPasses {
+  int count = 1;
+  int k[16] = {};
+  int64_t h0[16] = {};
+};
+
+template <class S>
+inline SoaPasses soa_passes(int n) {
+  int m = 0;
+  while (n > 1 && (int64_t{1} << m) < n) ++m;
+  SoaPasses p;
+  p.count = m == 0 ? 1 : (m + S::kSoaRadixLog - 1) / S::kSoaRadixLog;
+  int64_t h = 1;
+  for (int i = 0; i < p.count; ++i) {
+    p.k[i] = m / p.count + (i < m % p.count ? 1 : 0);
+    p.h0[i] = h;
+    h <<= p.k[i];
+  }
+  return p;
+}
+
 }  // namespace kvq::avx

@@ -76,10 +76,13 @@ inline typename S::VI group_codes(const float* p, int m, typename S::V vs, typen
   // within 3 ulp of the correctly rounded t / s, so a lane whose product is farther than
   // |u| * 2^-21 (8 ulp) from every k + 1/2 rounds the same. Any other lane (about 1e-4 of
   // them) sends the vector through the exact division, so the codes are those of SPEC.md §3.
+  // The test is written so that an unordered comparison counts as near: u is inf or NaN when
+  // fl(1/s) overflows (integer zero point with s < 2^-128), and those lanes must divide too.
   const V u = S::mul(t, vinv);
   V r = S::round_ne(u);
   const V off = S::sub(S::set1(0.5f), S::abs(S::sub(u, r)));
-  if (S::le_lanes(off, S::mul(S::abs(u), S::set1(0x1p-21f)))) r = S::round_ne(S::div(t, vs));
+  if (~S::gt_lanes(off, S::mul(S::abs(u), S::set1(0x1p-21f))) & S::kAllLanes)
+    r = S::round_ne(S::div(t, vs));
   if (int_zero) r = S::add(r, vzp);
   r = S::min(S::max(r, vzero), S::set1(static_cast<float>((1 << B) - 1)));
   typename S::VI q = S::to_int(r);
@@ -497,6 +500,201 @@ void dequantize_kernel(const uint8_t* codes, const uint16_t* scale, const uint16
       }
     }
   }
+}
+
+// ---- Token blocks: W tokens at once, channel-major (rotate_quantize.h) ----------------------
+//
+// Vector c of a block holds channel c of W tokens (lane l = token l), so a group is G whole
+// vectors: min/max, the group statistics and the codes are lane-wise vector operations in the
+// reference's order (no horizontal reduction, no scalar statistics), and each lane's codes are
+// packed into 32-bit words by exact float arithmetic.
+//
+// Codes (SPEC.md §3: t = x - z; u = t / s; rne; clamp) use the reciprocal only as a filter:
+// u' = fl(t * fl(1/s)), clamped to [L, U] (float zero point: [0, 2^b - 1]; integer: [-zp, 2^b - 1
+// - zp]), then r = rne(u'). Clamping before rne is exact: rne is monotone and fixes the integer
+// bounds, so rne(clamp(v)) = clamp(rne(v)) (and rne(v) + zp clamped to [0, 2^b-1] equals
+// rne(clamp(v, -zp, 2^b-1-zp)) + zp). With v = fl(t / s) the reference quotient, s in
+// [2^-125, 2^16] (so fl(1/s) is normal) and q = t / s exactly: |u' - v| <= 3.0001 * 2^-24 * |q|
+// (+ 2^-149 on underflow). Where clamp(u') != clamp(v) one of them lies in [L, U], inside
+// [-(2^b-1), 2^b-1] (they cannot straddle [L, U]: that needs |u' - v| >= 1, so |q| >= 2^22 and
+// both beyond the same bound), so |clamp(u') - clamp(v)| < T = 2^-22 * 2^b. With u' now clamped,
+// d = u' - r is exact (Sterbenz), and when |d| < 1/2 - T (both sides exact floats) no
+// half-integer lies within T of u', so rne(clamp(v)) = r bit for bit. Eight code words (one
+// group at b = 2, G = 128) where any lane misses this bound (a share of about 2T of the lanes on
+// smooth data: 1e-6 at b = 2, 1e-4 at b = 8) are recomputed with the correctly rounded division.
+//
+// Lanes the block does not finish go back to the per-token path, which follows the reference's
+// order of operations and errors: a group with min or max equal to 0 (the reference keeps the
+// first zero's sign), s == 0 or s < 2^-125 (every code 0, or fl(1/s) not normal), a scale or zero
+// that overflows fp16, and any NaN (seen in the codes: NaN survives the clamp, whose operands are
+// ordered so, and the exact float packing). An infinite value makes min or max infinite and
+// the scale overflow, so every non-finite input or rotated value sends its token back.
+
+// What the codes of one group need, lane by lane (soa_group): x + negz is x - z (negz = 0 for the
+// integer zero point), inv = fl(1/s), codes clamped to [lower, upper] before rne, zp_half = zp *
+// sum_k 2^(B*k) (integer zero point) added to each half word.
+template <class S>
+struct SoaCoding {
+  typename S::V negz, inv, s, lower, upper, zp_half;
+};
+
+// One code: r = rne(clamp(u)) with u from the reciprocal (filter bound in m) or, when Exact, the
+// correctly rounded division.
+template <class S, bool IntZero, bool Exact>
+inline typename S::V soa_code(const float* p, const SoaCoding<S>& k, typename S::V& m) {
+  const typename S::V x = S::load(p);
+  const typename S::V t = IntZero ? x : S::add(k.negz, x);  // x + (-z) is x - z bit for bit
+  typename S::V u = Exact ? S::div(t, k.s) : S::mul(t, k.inv);
+  u = S::min(k.upper, S::max(k.lower, u));  // operands so ordered that a NaN u stays NaN
+  const typename S::V r = S::round_ne(u);
+  if constexpr (!Exact) m = S::max_abs(m, S::sub(u, r));
+  return r;
+}
+
+// nw <= 8 consecutive 32-bit code words of every lane into w (channels from x); returns the
+// lanes' OR of the words' halves, whose sign bit marks a NaN. A word holds 2H codes, H = 16 / B
+// per 16-bit half, code k of a half at bits B*k: each half is summed in float by Horner (exact:
+// integers below 2^17); the two halves run interleaved so their chains overlap. m: the largest
+// |u - r| of the filter (not Exact).
+template <class S, int B, bool IntZero, bool Exact>
+inline typename S::VI soa_words(const float* x, int nw, const SoaCoding<S>& k, typename S::VI* w,
+                                typename S::V& m) {
+  using V = typename S::V;
+  using VI = typename S::VI;
+  constexpr int W = S::W;
+  constexpr int H = 16 / B;
+  VI nan = S::seti(0);
+  V m1 = S::zero();
+  const V f = S::set1(static_cast<float>(1 << B));
+  for (int i = 0; i < nw; ++i) {
+    const float* p = x + i * 2 * H * W;
+    V lo = soa_code<S, IntZero, Exact>(p + (H - 1) * W, k, m);
+    V hi = soa_code<S, IntZero, Exact>(p + (2 * H - 1) * W, k, m1);
+#pragma GCC unroll 16
+    for (int c = H - 2; c >= 0; --c) {
+      lo = S::add(S::mul(lo, f), soa_code<S, IntZero, Exact>(p + c * W, k, m));
+      hi = S::add(S::mul(hi, f), soa_code<S, IntZero, Exact>(p + (H + c) * W, k, m1));
+      // An empty asm that "changes" the sums keeps each code's add here: left alone, GCC
+      // computes every code of the word first and spills them (16 AVX2 registers).
+      asm("" : "+v"(lo), "+v"(hi));
+    }
+    if constexpr (IntZero) {  // codes are r + zp: add zp * sum_k 2^(B*k) once per half word
+      lo = S::add(lo, k.zp_half);
+      hi = S::add(hi, k.zp_half);
+    }
+    const VI li = S::to_int(lo), hi_i = S::to_int(hi);  // NaN -> 0x80000000
+    nan = S::ori(nan, S::ori(li, hi_i));
+    w[i] = S::ori(li, S::shl16(hi_i));
+  }
+  if constexpr (!Exact) m = S::max(m, m1);
+  return nan;
+}
+
+// The codes of one group (G * B / 32 words) for every lane, written to each token's stream in
+// chunks of 8 words; a chunk where a live lane misses the filter bound (see above) is recomputed
+// with the correctly rounded division. Returns the lanes whose codes saw a NaN.
+template <class S, int B, bool IntZero>
+inline unsigned soa_group_codes(const float* x, int64_t G, const SoaCoding<S>& k, unsigned flag,
+                                uint8_t* codes, int64_t stride) {
+  using V = typename S::V;
+  using VI = typename S::VI;
+  constexpr int H = 16 / B;
+  constexpr float kBound = 0.5f - static_cast<float>(1 << B) * 0x1p-22f;
+  const int64_t words = G * B / 32;
+  VI nan = S::seti(0);
+  for (int64_t w0 = 0; w0 < words; w0 += 8) {
+    const int nw = static_cast<int>(min_i64(8, words - w0));
+    const float* p = x + w0 * 2 * H * S::W;
+    VI wv[8];
+    V m = S::zero();
+    VI nan_c = soa_words<S, B, IntZero, false>(p, nw, k, wv, m);
+    if (~S::gt_lanes(S::set1(kBound), m) & ~flag & ~S::sign_lanes(nan_c) & S::kAllLanes) {
+      SoaCoding<S> exact = k;
+      exact.s = S::select(flag, S::set1(1.0f), k.s);
+      nan_c = soa_words<S, B, IntZero, true>(p, nw, exact, wv, m);
+    }
+    nan = S::ori(nan, nan_c);
+    S::store_words(wv, nw, codes + w0 * 4, stride);
+  }
+  return S::sign_lanes(nan);
+}
+
+// One group of a token block: x holds G vectors (G * B a multiple of 32). Writes scale, zero and
+// codes of every lane (rows of codes `code_stride` bytes apart, statistics `meta_stride` groups
+// apart) and returns the lanes that must be redone by the per-token path.
+template <class S, int B, bool IntZero>
+inline unsigned soa_group(const float* x, int64_t G, float clip, uint8_t* codes,
+                          int64_t code_stride, uint16_t* scale, uint16_t* zero, uint8_t* zero_int,
+                          int64_t meta_stride) {
+  using V = typename S::V;
+  using VI = typename S::VI;
+  constexpr int W = S::W;
+  constexpr float maxq = static_cast<float>((1 << B) - 1);
+  // min / max per lane, four independent chains (G is a multiple of 4 here), 8 vectors a turn.
+  V lo[4], hi[4];
+  for (int i = 0; i < 4; ++i) lo[i] = hi[i] = S::load(x + i * W);
+  int64_t c = 4;
+  for (; c + 8 <= G; c += 8) {
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) {
+      const V v = S::load(x + (c + i) * W);
+      lo[i % 4] = S::min(lo[i % 4], v);
+      hi[i % 4] = S::max(hi[i % 4], v);
+    }
+  }
+  for (; c < G; c += 4) {
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; ++i) {
+      const V v = S::load(x + (c + i) * W);
+      lo[i] = S::min(lo[i], v);
+      hi[i] = S::max(hi[i], v);
+    }
+  }
+  const V vlo = S::min(S::min(lo[0], lo[1]), S::min(lo[2], lo[3]));
+  const V vhi = S::max(S::max(hi[0], hi[1]), S::max(hi[2], hi[3]));
+  // Statistics in the reference's order (GroupStats), one lane per token.
+  unsigned flag = S::zero_lanes(vlo) | S::zero_lanes(vhi);
+  const V clo = S::mul(vlo, S::set1(clip));
+  const V chi = S::mul(vhi, S::set1(clip));
+  const V range = S::div(S::sub(chi, clo), S::set1(maxq));
+  const VI s16 = S::to_half_bits(range);
+  flag |= S::half_nonfinite_lanes(s16);
+  V s, negz = S::zero(), lower = S::zero(), upper = S::set1(maxq), zp_half = S::zero();
+  alignas(64) int32_t zpi[W];
+  if constexpr (!IntZero) {
+    const VI z16 = S::to_half_bits(clo);
+    flag |= S::half_nonfinite_lanes(z16);
+    s = S::from_half_bits(s16);
+    negz = S::neg(S::from_half_bits(z16));
+    alignas(64) int32_t zb[W];
+    S::store_i(zb, z16);
+    for (int l = 0; l < W; ++l) zero[l * meta_stride] = static_cast<uint16_t>(zb[l]);
+  } else {
+    s = range;  // quantize with the fp32 scale; zp = clamp(rne(-lo / s), 0, 2^b - 1)
+    const V zp = S::min(S::set1(maxq), S::max(S::zero(), S::round_ne(S::div(S::neg(clo), s))));
+    lower = S::neg(zp);
+    upper = S::sub(S::set1(maxq), zp);
+    zp_half = S::mul(zp, S::set1(static_cast<float>(0xFFFF / ((1 << B) - 1))));
+    S::store_i(zpi, S::to_int(zp));
+  }
+  {
+    alignas(64) int32_t sb[W];
+    S::store_i(sb, s16);
+    for (int l = 0; l < W; ++l) scale[l * meta_stride] = static_cast<uint16_t>(sb[l]);
+    if constexpr (IntZero)
+      for (int l = 0; l < W; ++l) zero_int[l * meta_stride] = static_cast<uint8_t>(zpi[l]);
+  }
+  flag |= ~S::le_lanes(S::set1(0x1p-125f), s) & S::kAllLanes;  // s == 0, tiny or NaN
+  // Lanes already sent back compute harmless codes (u = 0) so they trigger nothing below.
+  SoaCoding<S> k;
+  k.negz = S::select(flag, S::zero(), negz);
+  k.inv = S::select(flag, S::zero(), S::div(S::set1(1.0f), s));
+  k.s = s;
+  k.lower = lower;
+  k.upper = upper;
+  k.zp_half = zp_half;
+  flag |= soa_group_codes<S, B, IntZero>(x, G, k, flag, codes, code_stride);
+  return flag;
 }
 
 }  // namespace kvq::avx

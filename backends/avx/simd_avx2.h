@@ -256,6 +256,92 @@ struct Simd : kvq::avx::ScalarOps<Simd> {  // to_half, from_half, round_ne_scala
     std::memcpy(&bytes, in, static_cast<size_t>(n));
     return _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(static_cast<int64_t>(bytes)));
   }
+
+  // ---- Token-block (channel-major) primitives of rotate_quantize.h ----------------------------
+  // A block holds W tokens channel-major: vector c = channel c of tokens 0..W-1 (lane l = token l).
+  static constexpr unsigned kAllLanes = 0xFFu;
+  static constexpr int kStageCols = 16;   // channels per stage_u16 call
+  static constexpr int kSoaRadixLog = 3;  // FWHT stages per register pass (8 vectors + temps)
+
+  // Transposes 16 channels of W rows (16-bit values, row stride `stride` elements) into
+  // dst[c * W + l]: unpacks of 16-, 32- and 64-bit units within each 128-bit lane leave channel k
+  // in the low and channel 8 + k in the high 128 bits of one register.
+  static void stage_u16(const uint16_t* src, int64_t stride, uint16_t* dst) {
+    __m256i r[8], a[8], b[8];
+    for (int l = 0; l < 8; ++l)
+      r[l] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + l * stride));
+    for (int p = 0; p < 4; ++p) {  // a[2p]: rows 2p, 2p+1 of channels 0-3; a[2p+1]: 4-7
+      a[2 * p] = _mm256_unpacklo_epi16(r[2 * p], r[2 * p + 1]);
+      a[2 * p + 1] = _mm256_unpackhi_epi16(r[2 * p], r[2 * p + 1]);
+    }
+    for (int p = 0; p < 2; ++p) {  // b[4p + q]: rows 4p..4p+3 of channels 2q, 2q+1
+      b[4 * p + 0] = _mm256_unpacklo_epi32(a[4 * p], a[4 * p + 2]);
+      b[4 * p + 1] = _mm256_unpackhi_epi32(a[4 * p], a[4 * p + 2]);
+      b[4 * p + 2] = _mm256_unpacklo_epi32(a[4 * p + 1], a[4 * p + 3]);
+      b[4 * p + 3] = _mm256_unpackhi_epi32(a[4 * p + 1], a[4 * p + 3]);
+    }
+    for (int c = 0; c < 8; ++c) {  // channel c (low 128 bits) and 8 + c (high), rows 0-7
+      const __m256i v = (c & 1) ? _mm256_unpackhi_epi64(b[c / 2], b[4 + c / 2])
+                                : _mm256_unpacklo_epi64(b[c / 2], b[4 + c / 2]);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + c * 8), _mm256_castsi256_si128(v));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + (c + 8) * 8),
+                       _mm256_extracti128_si256(v, 1));
+    }
+  }
+  // 8 x 8 transpose of 32-bit values: out[k] lane l = in[l] lane k.
+  static void transpose8(const __m256* in, __m256* out) {
+    __m256 t[8], u[8];
+    for (int p = 0; p < 4; ++p) {
+      t[2 * p] = _mm256_unpacklo_ps(in[2 * p], in[2 * p + 1]);
+      t[2 * p + 1] = _mm256_unpackhi_ps(in[2 * p], in[2 * p + 1]);
+    }
+    for (int p = 0; p < 2; ++p) {
+      u[4 * p + 0] = _mm256_shuffle_ps(t[4 * p], t[4 * p + 2], 0x44);
+      u[4 * p + 1] = _mm256_shuffle_ps(t[4 * p], t[4 * p + 2], 0xEE);
+      u[4 * p + 2] = _mm256_shuffle_ps(t[4 * p + 1], t[4 * p + 3], 0x44);
+      u[4 * p + 3] = _mm256_shuffle_ps(t[4 * p + 1], t[4 * p + 3], 0xEE);
+    }
+    for (int k = 0; k < 4; ++k) {
+      out[k] = _mm256_permute2f128_ps(u[k], u[4 + k], 0x20);
+      out[k + 4] = _mm256_permute2f128_ps(u[k], u[4 + k], 0x31);
+    }
+  }
+  // Transposes W channels of W fp32 rows (row stride `stride`) into dst[c * W + l].
+  static void stage_f32(const float* src, int64_t stride, float* dst) {
+    __m256 r[8], o[8];
+    for (int l = 0; l < 8; ++l) r[l] = _mm256_loadu_ps(src + l * stride);
+    transpose8(r, o);
+    for (int c = 0; c < 8; ++c) _mm256_storeu_ps(dst + c * 8, o[c]);
+  }
+  // W staged 16-bit values widened exactly (SPEC.md §0).
+  static V load_f16(const uint16_t* p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  }
+  static V load_bf16(const uint16_t* p) {
+    const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+  }
+  static V neg(V v) { return _mm256_xor_ps(v, _mm256_set1_ps(-0.0f)); }  // exact sign flip
+  static V max_abs(V m, V d) { return _mm256_max_ps(m, abs(d)); }        // m >= 0
+  static unsigned sign_lanes(VI v) {
+    return static_cast<unsigned>(_mm256_movemask_ps(_mm256_castsi256_ps(v)));
+  }
+  static VI shl16(VI v) { return _mm256_slli_epi32(v, 16); }
+  // Word k < count of lane l goes to out + l * stride + 4 * k (count <= 8): a transpose.
+  static void store_words(const VI* w, int count, uint8_t* out, int64_t stride) {
+    __m256 in[8], o[8];
+    for (int k = 0; k < 8; ++k) in[k] = k < count ? _mm256_castsi256_ps(w[k]) : _mm256_setzero_ps();
+    transpose8(in, o);
+    for (int l = 0; l < 8; ++l) {
+      if (count == 8) {
+        _mm256_storeu_ps(reinterpret_cast<float*>(out + l * stride), o[l]);
+      } else {
+        alignas(32) uint8_t t[32];
+        _mm256_store_ps(reinterpret_cast<float*>(t), o[l]);
+        std::memcpy(out + l * stride, t, static_cast<size_t>(count) * 4);
+      }
+    }
+  }
 };
 
 }  // namespace kvq::avx2

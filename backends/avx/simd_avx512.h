@@ -199,6 +199,122 @@ struct Simd : kvq::avx::ScalarOps<Simd> {    // to_half, from_half, round_ne_sca
   static VI load_bytes_n(const uint8_t* in, int n) {
     return _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(first(n), in));
   }
+
+  // ---- Token-block (channel-major) primitives of rotate_quantize.h ----------------------------
+  // A block holds W tokens channel-major: vector c = channel c of tokens 0..W-1 (lane l = token l).
+  static constexpr unsigned kAllLanes = 0xFFFFu;
+  static constexpr int kStageCols = 32;   // channels per stage_u16 call
+  static constexpr int kSoaRadixLog = 4;  // FWHT stages per register pass (16 vectors + temps)
+
+  // Transposes 32 channels of W rows (16-bit values, row stride `stride` elements) into
+  // dst[c * W + l]: unpacks of 16-, 32- and 64-bit units within each 128-bit lane (rows 0-7 and
+  // 8-15 separately), then a two-source qword permute joins the two row halves of a channel.
+  static void stage_u16(const uint16_t* src, int64_t stride, uint16_t* dst) {
+    __m512i r[16], a[16], b[16];
+    for (int l = 0; l < 16; ++l) r[l] = _mm512_loadu_si512(src + l * stride);
+    for (int p = 0; p < 8;
+         ++p) {  // a[2p]: rows 2p, 2p+1 of channels 0-3 of each lane; a[2p+1]: 4-7
+      a[2 * p] = _mm512_unpacklo_epi16(r[2 * p], r[2 * p + 1]);
+      a[2 * p + 1] = _mm512_unpackhi_epi16(r[2 * p], r[2 * p + 1]);
+    }
+    for (int p = 0; p < 4; ++p) {  // b[4p + q]: rows 4p..4p+3 of channels 2q, 2q+1 of each lane
+      b[4 * p + 0] = _mm512_unpacklo_epi32(a[4 * p], a[4 * p + 2]);
+      b[4 * p + 1] = _mm512_unpackhi_epi32(a[4 * p], a[4 * p + 2]);
+      b[4 * p + 2] = _mm512_unpacklo_epi32(a[4 * p + 1], a[4 * p + 3]);
+      b[4 * p + 3] = _mm512_unpackhi_epi32(a[4 * p + 1], a[4 * p + 3]);
+    }
+    const __m512i lo = _mm512_set_epi64(11, 10, 3, 2, 9, 8, 1, 0);
+    const __m512i hi = _mm512_set_epi64(15, 14, 7, 6, 13, 12, 5, 4);
+    for (int c = 0; c < 8; ++c) {
+      // Channel 8L + c of each 128-bit lane L, rows 0-7 (x) and rows 8-15 (y).
+      const __m512i x = (c & 1) ? _mm512_unpackhi_epi64(b[c / 2], b[4 + c / 2])
+                                : _mm512_unpacklo_epi64(b[c / 2], b[4 + c / 2]);
+      const __m512i y = (c & 1) ? _mm512_unpackhi_epi64(b[8 + c / 2], b[12 + c / 2])
+                                : _mm512_unpacklo_epi64(b[8 + c / 2], b[12 + c / 2]);
+      const __m512i e = _mm512_permutex2var_epi64(x, lo, y);  // channels c, 8 + c
+      const __m512i f = _mm512_permutex2var_epi64(x, hi, y);  // channels 16 + c, 24 + c
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + c * 16), _mm512_castsi512_si256(e));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + (c + 8) * 16),
+                          _mm512_extracti64x4_epi64(e, 1));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + (c + 16) * 16),
+                          _mm512_castsi512_si256(f));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + (c + 24) * 16),
+                          _mm512_extracti64x4_epi64(f, 1));
+    }
+  }
+  // Transposes W channels of W fp32 rows (row stride `stride`) into dst[c * W + l].
+  static void stage_f32(const float* src, int64_t stride, float* dst) {
+    __m512 r[16], t[16], u[16], v[16];
+    for (int l = 0; l < 16; ++l) r[l] = _mm512_loadu_ps(src + l * stride);
+    for (int p = 0; p < 8; ++p) {
+      t[2 * p] = _mm512_unpacklo_ps(r[2 * p], r[2 * p + 1]);
+      t[2 * p + 1] = _mm512_unpackhi_ps(r[2 * p], r[2 * p + 1]);
+    }
+    for (int p = 0; p < 4; ++p) {  // u[4p + k] lane L: rows 4p..4p+3 of channel 4L + k
+      u[4 * p + 0] = _mm512_shuffle_ps(t[4 * p], t[4 * p + 2], 0x44);
+      u[4 * p + 1] = _mm512_shuffle_ps(t[4 * p], t[4 * p + 2], 0xEE);
+      u[4 * p + 2] = _mm512_shuffle_ps(t[4 * p + 1], t[4 * p + 3], 0x44);
+      u[4 * p + 3] = _mm512_shuffle_ps(t[4 * p + 1], t[4 * p + 3], 0xEE);
+    }
+    for (int k = 0; k < 4; ++k) {  // lanes of v[k]: rows 0-3 ch k, 0-3 ch 8+k, 4-7 ch k, 4-7 ch 8+k
+      v[k] = _mm512_shuffle_f32x4(u[k], u[4 + k], 0x88);
+      v[4 + k] = _mm512_shuffle_f32x4(u[k], u[4 + k], 0xDD);
+      v[8 + k] = _mm512_shuffle_f32x4(u[8 + k], u[12 + k], 0x88);
+      v[12 + k] = _mm512_shuffle_f32x4(u[8 + k], u[12 + k], 0xDD);
+    }
+    for (int k = 0; k < 4; ++k) {
+      _mm512_storeu_ps(dst + k * 16, _mm512_shuffle_f32x4(v[k], v[8 + k], 0x88));
+      _mm512_storeu_ps(dst + (8 + k) * 16, _mm512_shuffle_f32x4(v[k], v[8 + k], 0xDD));
+      _mm512_storeu_ps(dst + (4 + k) * 16, _mm512_shuffle_f32x4(v[4 + k], v[12 + k], 0x88));
+      _mm512_storeu_ps(dst + (12 + k) * 16, _mm512_shuffle_f32x4(v[4 + k], v[12 + k], 0xDD));
+    }
+  }
+  // W staged 16-bit values widened exactly (SPEC.md §0).
+  static V load_f16(const uint16_t* p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
+  static V load_bf16(const uint16_t* p) {
+    const __m512i w =
+        _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+  }
+  static V neg(V v) { return _mm512_xor_ps(v, _mm512_set1_ps(-0.0f)); }  // exact sign flip
+  // max(m, |d|) for m >= 0 in one vrangeps: imm 0b1011 = larger magnitude, sign cleared.
+  static V max_abs(V m, V d) { return _mm512_range_ps(m, d, 0x0B); }
+  static unsigned sign_lanes(VI v) { return _mm512_movepi32_mask(v); }
+  static VI shl16(VI v) { return _mm512_slli_epi32(v, 16); }
+  // Word k < count of lane l goes to out + l * stride + 4 * k (count <= 8): 32-bit unpacks give
+  // each 128-bit lane's 4 tokens words 0-3 (P) and 4-7 (Q); a qword permute joins P and Q.
+  static void store_words(const VI* w, int count, uint8_t* out, int64_t stride) {
+    __m512i in[8], t[8];
+    for (int k = 0; k < 8; ++k) in[k] = k < count ? w[k] : _mm512_setzero_si512();
+    for (int p = 0; p < 4; ++p) {
+      t[2 * p] = _mm512_unpacklo_epi32(in[2 * p], in[2 * p + 1]);
+      t[2 * p + 1] = _mm512_unpackhi_epi32(in[2 * p], in[2 * p + 1]);
+    }
+    const __m512i lo = _mm512_set_epi64(11, 10, 3, 2, 9, 8, 1, 0);
+    const __m512i hi = _mm512_set_epi64(15, 14, 7, 6, 13, 12, 5, 4);
+    const __mmask8 m = static_cast<__mmask8>((1u << count) - 1u);
+    for (int j = 0; j < 4; ++j) {  // token 4L + j of lane L
+      const __m512i& ta = t[j >> 1];
+      const __m512i& tb = t[2 + (j >> 1)];
+      const __m512i& tc = t[4 + (j >> 1)];
+      const __m512i& td = t[6 + (j >> 1)];
+      const __m512i p = (j & 1) ? _mm512_unpackhi_epi64(ta, tb) : _mm512_unpacklo_epi64(ta, tb);
+      const __m512i q = (j & 1) ? _mm512_unpackhi_epi64(tc, td) : _mm512_unpacklo_epi64(tc, td);
+      const __m512i r01 = _mm512_permutex2var_epi64(p, lo, q);  // tokens j, 4 + j
+      const __m512i r23 = _mm512_permutex2var_epi64(p, hi, q);  // tokens 8 + j, 12 + j
+      const __m256i rows[4] = {_mm512_castsi512_si256(r01), _mm512_extracti64x4_epi64(r01, 1),
+                               _mm512_castsi512_si256(r23), _mm512_extracti64x4_epi64(r23, 1)};
+      for (int h = 0; h < 4; ++h) {
+        uint8_t* o = out + (4 * h + j) * stride;
+        if (count == 8)
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), rows[h]);
+        else
+          _mm256_mask_storeu_epi32(o, m, rows[h]);
+      }
+    }
+  }
 };
 
 }  // namespace kvq::avx512
