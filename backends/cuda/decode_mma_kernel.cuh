@@ -118,8 +118,8 @@ __global__ void __launch_bounds__(kMmaWarps * 32, kMmaMinBlocks)
     qb[j][0] = half2_bits(x[0], x[1]);
     qb[j][1] = half2_bits(x[2], x[3]);
   }
-  // The score lanes' query head is t: its exponent (lanes 4 * (2t) + t' hold head t'... read it
-  // from a lane whose bq == t) and the sum of its q over all channels.
+  // Score lanes (g, t) hold query head t: its exponent comes from lane 4 (2t), whose B columns
+  // are head t's (bq = t), and its q summed over all channels from the 8 lanes of column t.
   const int score_exp = __shfl_sync(0xFFFFFFFFu, qexp, 4 * (2 * t));
   const float score_up = kTwo24 * ldexpf(1.0f, score_exp);
   float qsum = 0.0f;
