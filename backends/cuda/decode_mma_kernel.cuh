@@ -119,7 +119,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32, kMmaMinBlocks)
     qb[j][1] = half2_bits(x[2], x[3]);
   }
   // Score lanes (g, t) hold query head t: its exponent comes from lane 4 (2t), whose B columns
-  // are head t's (bq = t), and its q summed over all channels from the 8 lanes of column t.
+  // are head t's (bq = t), and its q summed over all channels by the 8 lanes that share t.
   const int score_exp = __shfl_sync(0xFFFFFFFFu, qexp, 4 * (2 * t));
   const float score_up = kTwo24 * ldexpf(1.0f, score_exp);
   float qsum = 0.0f;
