@@ -512,11 +512,55 @@ TEST_CASE("report speedup: a run without ref times uses the newest earlier ref r
   CHECK(rows("3").size() == 1);  // another host's reference is never used
 }
 
+TEST_CASE("report vlm and memory: one row per study case, winners decided from the stored errors") {
+  const std::string path = fresh_db("studies");
+  {
+    kvq::Store s(path);
+    const int64_t r = s.begin_run(info("vlm.toml"));
+    kvq::CaseRecord v = record("vlm/a/b2", {{"op", "vlm"}, {"image_tokens", 64},
+                                            {"text_attention", 4.0}, {"bits", 2}});
+    v.op = "vlm";
+    s.add_case(r, v, {},
+               {measure("ref", "akvq_attention_rel_error", 0.2),
+                measure("ref", "uniform_attention_rel_error", 0.3),
+                measure("ref", "spec_attention_rel_error", 0.5),
+                measure("ref", "spec_avg_bits", 2.75), measure("ref", "uniform_above_bits", 3),
+                measure("ref", "uniform_above_attention_rel_error", 0.4)});
+    kvq::CaseRecord m = record("memory/x/rtn/b2/context4096",
+                               {{"op", "memory"}, {"method", "rtn"}, {"bits", 2}, {"context", 4096}});
+    m.op = "memory";
+    s.add_case(r, m, {},
+               {measure("ref", "bytes_per_token", 1000.0), measure("ref", "max_batch", 12),
+                measure("ref", "fp16_max_batch", 3), measure("ref", "batch_ratio", 4.0),
+                measure("ref", "memory_ratio", 2.5)});
+    s.finish_run(r, "complete");
+  }
+  const Output vlm = report({"vlm", "--db", path, "--format", "json"});
+  REQUIRE(vlm.status == 0);
+  const nlohmann::json v = nlohmann::json::parse(vlm.out);
+  REQUIRE(v.size() == 1);
+  CHECK(v[0]["case"] == "vlm/a/b2");
+  CHECK(v[0]["image_tokens"] == "64");
+  CHECK(v[0]["equal_bits_winner"] == "akvq-vl");  // 0.2 < 0.3
+  CHECK(v[0]["spec_vs_above_winner"] == "uniform");  // 0.5 > 0.4
+  CHECK(v[0]["uniform_above_bits"] == "3");
+  const Output mem = report({"memory", "--db", path, "--format", "json"});
+  REQUIRE(mem.status == 0);
+  const nlohmann::json mm = nlohmann::json::parse(mem.out);
+  REQUIRE(mm.size() == 1);
+  CHECK(mm[0]["method"] == "rtn");
+  CHECK(mm[0]["context"] == "4096");
+  CHECK(mm[0]["max_batch"] == "12");
+  CHECK(mm[0]["fp16_max_batch"] == "3");
+  CHECK(mm[0]["batch_ratio"] == "4");
+  CHECK(mm[0]["paper_batch_ratio"] == "");  // rtn: no paper claim stored
+}
+
 TEST_CASE("report --help lists every query with one line each") {
   const Output help = report({"--help"});
   REQUIRE(help.status == 0);
   for (const char* name : {"last_run", "failing", "speedup", "accuracy", "sinks", "experts",
-                           "speed", "orderings", "--compare A B"}) {
+                           "memory", "vlm", "speed", "orderings", "--compare A B"}) {
     INFO(name);
     CHECK_THAT(help.out, Contains(std::string("\n  ") + name + " "));
   }
