@@ -24,6 +24,23 @@ inline typename S::V fwht_lane_stages(typename S::V v, int n) {  // stages h < m
   return v;
 }
 
+// The butterflies between whole vectors r[0..N): stages hv = 1, 2, ..., N/2 in ascending order,
+// one add and one subtract per pair (SPEC.md §1), all in registers.
+template <class S, int N>
+__attribute__((always_inline)) inline void fwht_vector_stages(typename S::V (&r)[N]) {
+#pragma GCC unroll 8
+  for (int hv = 1; hv < N; hv *= 2) {
+#pragma GCC unroll 32
+    for (int j = 0; j < N; ++j) {
+      if (j & hv) continue;
+      const typename S::V a = r[j];
+      const typename S::V b = r[j + hv];
+      r[j] = S::add(a, b);
+      r[j + hv] = S::sub(a, b);
+    }
+  }
+}
+
 // All stages h < NV * W of one block of NV vectors, in registers; scaled when `last`.
 template <class S, int NV>
 inline void fwht_register_block(float* x, bool last, typename S::V s) {
@@ -31,17 +48,7 @@ inline void fwht_register_block(float* x, bool last, typename S::V s) {
   V r[NV];
 #pragma GCC unroll 32
   for (int i = 0; i < NV; ++i) r[i] = fwht_lane_stages<S>(S::load(x + i * S::W), S::W);
-#pragma GCC unroll 8
-  for (int hv = 1; hv < NV; hv *= 2) {
-#pragma GCC unroll 32
-    for (int j = 0; j < NV; ++j) {
-      if (j & hv) continue;
-      const V a = r[j];
-      const V b = r[j + hv];
-      r[j] = S::add(a, b);
-      r[j + hv] = S::sub(a, b);
-    }
-  }
+  fwht_vector_stages<S>(r);
 #pragma GCC unroll 32
   for (int i = 0; i < NV; ++i) S::store(x + i * S::W, last ? S::mul(r[i], s) : r[i]);
 }
@@ -144,17 +151,7 @@ inline void fwht_soa_pass(int64_t begin, int n, int64_t h0, Load load, Store sto
     V r[R];
 #pragma GCC unroll 16
     for (int j = 0; j < R; ++j) r[j] = load(i, j, q);
-#pragma GCC unroll 4
-    for (int hv = 1; hv < R; hv *= 2) {
-#pragma GCC unroll 16
-      for (int j = 0; j < R; ++j) {
-        if (j & hv) continue;
-        const V a = r[j];
-        const V b = r[j + hv];
-        r[j] = S::add(a, b);
-        r[j + hv] = S::sub(a, b);
-      }
-    }
+    fwht_vector_stages<S>(r);
 #pragma GCC unroll 16
     for (int j = 0; j < R; ++j) store(i, j, q, r[j]);
     q += R;
