@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The tests: install what is missing, build, run every test binary (meson test) and the CPU
-# gate, and print the plain summary line `N passed, N failed, N skipped` last.
+# gates, print why each skipped test skipped, and the plain summary line
+# `N passed, N failed, N skipped` last.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 build=${KVQ_BUILD:-build}
@@ -28,14 +29,16 @@ count() {  # adds the counts of the meson test run just finished
 meson test -C "$build" --print-errorlogs --num-processes 2 --no-suite hf
 count
 
-# The cross-backend gate over every CPU backend this machine has (scenarios/ci.toml).
-if [ -f scenarios/ci.toml ]; then
-  if "$build/harness/kvq" gate scenarios/ci.toml --db "$build/ci-gate.db"; then
-    passed=$((passed + 1)); echo "gate scenarios/ci.toml: PASS"
+# The cross-backend gates over every CPU backend this machine has: synthetic inputs
+# (scenarios/ci.toml), then the recorded activations of data/tiny-moe.safetensors
+# (scenarios/ci-recording.toml).
+for gate in ci ci-recording; do
+  if "$build/harness/kvq" gate "scenarios/$gate.toml" --db "$build/$gate-gate.db"; then
+    passed=$((passed + 1)); echo "gate scenarios/$gate.toml: PASS"
   else
-    failed=$((failed + 1)); echo "gate scenarios/ci.toml: FAIL"
+    failed=$((failed + 1)); echo "gate scenarios/$gate.toml: FAIL"
   fi
-fi
+done
 
 if ! wait "$hf_install"; then
   echo "install-deps --hf failed (see $build/install-hf.log): record_hf will be skipped"

@@ -12,7 +12,7 @@
 #include "reference/attention.h"
 #include "reference/error.h"
 #include "reference/half.h"
-#include "shared_data.h"
+#include "data_file.h"
 
 namespace kvq {
 int cmd_apply(int argc, char** argv);
@@ -173,7 +173,7 @@ TEST_CASE("apply: missing tensors, bad methods and other backends are errors") {
 }
 
 TEST_CASE("apply: every method runs on the tiny-moe recording") {
-  const auto path = kvq::testing::shared_file_or_skip("recordings/tiny-moe.safetensors");
+  const auto path = kvq::testing::data_file("tiny-moe.safetensors");
   const SafetensorsFile rec = SafetensorsFile::open(path.string());
   for (const char* name : {"rtn", "kivi", "kvquant", "rotatekv", "kvsink+kvquant", "akvq-vl"}) {
     MethodParams p;
@@ -191,7 +191,7 @@ TEST_CASE("apply: every method runs on the tiny-moe recording") {
 }
 
 TEST_CASE("apply: KVSink with lowered thresholds calibrates on the tiny-moe recording") {
-  const auto path = kvq::testing::shared_file_or_skip("recordings/tiny-moe.safetensors");
+  const auto path = kvq::testing::data_file("tiny-moe.safetensors");
   const SafetensorsFile rec = SafetensorsFile::open(path.string());
   MethodParams p;
   p.method = Method::KvSinkKvQuant;

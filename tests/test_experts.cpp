@@ -8,7 +8,7 @@
 #include "harness/safetensors.h"
 #include "reference/error.h"
 #include "reference/experts.h"
-#include "shared_data.h"
+#include "data_file.h"
 
 using namespace kvq;
 
@@ -122,7 +122,7 @@ TEST_CASE("experts: the strict floor(max / 10) rule removes values above P99.5")
 }
 
 TEST_CASE("experts: the tiny-moe recording has a Super Expert (real data)") {
-  const auto path = kvq::testing::shared_file_or_skip("recordings/tiny-moe.safetensors");
+  const auto path = kvq::testing::data_file("tiny-moe.safetensors");
   const SafetensorsFile f = SafetensorsFile::open(path.string());
   std::vector<std::vector<ExpertStat>> stats;
   for (int l = 0; f.has("layers." + std::to_string(l) + ".experts.ids"); ++l) {

@@ -16,15 +16,15 @@
 #include "harness/model/tokenizer.h"
 #include "reference/attention.h"
 #include "reference/error.h"
-#include "tests/shared_data.h"
+#include "tests/data_file.h"
 
 namespace {
 
 std::string model_path() {
-  return kvq::testing::shared_file_or_skip("models/stories260K.bin").string();
+  return kvq::testing::data_file("stories260K.bin").string();
 }
 std::string tok512() {
-  return kvq::testing::shared_file_or_skip("models/tok512.bin").string();
+  return kvq::testing::data_file("tok512.bin").string();
 }
 
 std::string read_bytes(const std::string& path) {
@@ -161,7 +161,7 @@ double relative_error(const A& a, const B& b) {
 
 std::vector<int32_t> first_tokens(const kvq::Tokenizer& tok, size_t n) {
   const std::string text = kvq::read_text_file(
-      kvq::testing::shared_file_or_skip("data/tinystories-sample.txt").string());
+      kvq::testing::data_file("tinystories-sample.txt").string());
   std::vector<int32_t> ids = tok.encode(text);
   ids.insert(ids.begin(), kvq::kBosId);
   ids.resize(n);
@@ -363,7 +363,7 @@ TEST_CASE("model: truncated, corrupted or mismatched checkpoints give kvq::Error
   SECTION("a tokenizer of another vocabulary") {
     const kvq::Model m = kvq::Model::load(model_path());
     const kvq::Tokenizer llama =
-        kvq::Tokenizer::load(kvq::testing::shared_file_or_skip("models/tokenizer.bin").string());
+        kvq::Tokenizer::load(kvq::testing::data_file("tokenizer.bin").string());
     CHECK_THROWS_WITH(kvq::require_matching_tokenizer(m, llama),
                       Catch::Contains("32000") && Catch::Contains("512"));
   }

@@ -1,4 +1,4 @@
-// kvq ppl (SPEC.md §9): chunking, the reference first-chunk number of ../shared/data/SOURCES.md,
+// kvq ppl (SPEC.md §9): chunking, the reference first-chunk number of data/SOURCES.md,
 // agreement with an NLL computed here from the whole-sequence forward, thread-count
 // independence, and the methods' caches: 8-bit RTN near fp32, every method finite at 2 and 4 bits.
 #include <omp.h>
@@ -16,7 +16,7 @@
 #include "harness/model/tokenizer.h"
 #include "reference/error.h"
 #include "reference/methods.h"
-#include "tests/shared_data.h"
+#include "tests/data_file.h"
 
 namespace {
 
@@ -28,11 +28,11 @@ struct Setup {
 const Setup& setup() {
   static const Setup s = [] {
     const kvq::Tokenizer tok =
-        kvq::Tokenizer::load(kvq::testing::shared_file_or_skip("models/tok512.bin").string());
+        kvq::Tokenizer::load(kvq::testing::data_file("tok512.bin").string());
     return Setup{
-        kvq::Model::load(kvq::testing::shared_file_or_skip("models/stories260K.bin").string()),
+        kvq::Model::load(kvq::testing::data_file("stories260K.bin").string()),
         tok.encode(kvq::read_text_file(
-            kvq::testing::shared_file_or_skip("data/tinystories-sample.txt").string()))};
+            kvq::testing::data_file("tinystories-sample.txt").string()))};
   }();
   return s;
 }
@@ -143,11 +143,11 @@ TEST_CASE("ppl: kvq ppl writes a run with one case per (method, bits) and ppl/nl
   std::vector<std::string> args = {
       "ppl",
       "--model",
-      kvq::testing::shared_file_or_skip("models/stories260K.bin").string(),
+      kvq::testing::data_file("stories260K.bin").string(),
       "--tokenizer",
-      kvq::testing::shared_file_or_skip("models/tok512.bin").string(),
+      kvq::testing::data_file("tok512.bin").string(),
       "--text",
-      kvq::testing::shared_file_or_skip("data/tinystories-sample.txt").string(),
+      kvq::testing::data_file("tinystories-sample.txt").string(),
       "--method",
       "rtn,fp32",
       "--bits",
@@ -192,10 +192,10 @@ TEST_CASE("ppl: kvq ppl writes a run with one case per (method, bits) and ppl/nl
 }
 
 TEST_CASE("ppl: kvq ppl rejects unknown methods, bad bits and other backends") {
-  const std::string model = kvq::testing::shared_file_or_skip("models/stories260K.bin").string();
-  const std::string tok = kvq::testing::shared_file_or_skip("models/tok512.bin").string();
+  const std::string model = kvq::testing::data_file("stories260K.bin").string();
+  const std::string tok = kvq::testing::data_file("tok512.bin").string();
   const std::string text =
-      kvq::testing::shared_file_or_skip("data/tinystories-sample.txt").string();
+      kvq::testing::data_file("tinystories-sample.txt").string();
   const auto call = [&](std::vector<std::string> extra) {
     std::vector<std::string> args = {"ppl", "--model", model,          "--tokenizer",
                                      tok,   "--text",  text,           "--db",

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """tools/plot.py end to end: a small results database built with `kvq` itself (op "method" cases
-on a synthetic recording, `kvq sinks` on a `kvq synth` recording, a `kvq bench` run and, when
-../shared has the llama2.c model, a `kvq ppl` run), then plot.py. Checks that every PNG it
-writes exists and is a PNG, and that the plotted series (--dump-data) equal what this test reads
-itself: its own SQL over the database and the `kvq sinks --format json` output.
+on a synthetic recording, `kvq sinks` on a `kvq synth` recording, a `kvq bench` run and a
+`kvq ppl` run on data/stories260K.bin), then plot.py. Checks that every PNG it writes exists
+and is a PNG, and that the plotted series (--dump-data) equal what this test reads itself: its
+own SQL over the database and the `kvq sinks --format json` output.
 
 Run by meson (tests/meson.build) with $KVQ_BIN and $KVQ_SOURCE_ROOT set; exit 77 (skipped) with
 the reason printed when matplotlib or the kvq binary is missing.
@@ -95,16 +95,11 @@ def main():
         with open(os.path.join(d, "sinks.json"), "w", encoding="utf-8") as f:
             kvq("sinks", "rec.safetensors", "--format", "json", "--db", "kvq.db", cwd=d, stdout=f)
         kvq("bench", "bench.toml", "--db", "kvq.db", "--min-time", "0.01", cwd=d)
-        shared = os.environ.get("KVQ_SHARED", "")
-        model = os.path.join(shared, "models", "stories260K.bin")
-        has_ppl = os.path.isfile(model)
-        if has_ppl:
-            kvq("ppl", "--model", model, "--tokenizer",
-                os.path.join(shared, "models", "tok512.bin"), "--text",
-                os.path.join(shared, "data", "tinystories-sample.txt"), "--method", "rtn,rotatekv",
-                "--bits", "2,4", "--max-tokens", "64", "--quiet", "--db", "kvq.db", cwd=d)
-        else:
-            print(f"note: {model} absent: ppl_vs_bits.png is not checked")
+        data = os.environ.get("KVQ_DATA") or os.path.join(root, "data")
+        kvq("ppl", "--model", os.path.join(data, "stories260K.bin"), "--tokenizer",
+            os.path.join(data, "tok512.bin"), "--text",
+            os.path.join(data, "tinystories-sample.txt"), "--method", "rtn,rotatekv",
+            "--bits", "2,4", "--max-tokens", "64", "--quiet", "--db", "kvq.db", cwd=d)
 
         out = os.path.join(d, "img")
         dump_path = os.path.join(d, "dump.json")
@@ -113,9 +108,8 @@ def main():
                                dump_path], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, check=False)
         check(done.returncode == 0, f"plot.py exits 0 ({done.returncode}: {done.stderr.strip()})")
-        expected = ["error_vs_bits.png", "sink_scores.png", "bandwidth_vs_size.png"]
-        if has_ppl:
-            expected.append("ppl_vs_bits.png")
+        expected = ["error_vs_bits.png", "sink_scores.png", "bandwidth_vs_size.png",
+                    "ppl_vs_bits.png"]
         for name in expected:
             path = os.path.join(out, name)
             head = b""
@@ -169,18 +163,17 @@ def main():
             check(close(ref[0]["bytes"][0], 2 * 4 * 16 * 64),
                   "fwht n=64, 16 tokens moves 8192 bytes")
 
-        if has_ppl:
-            ppl = {m: dict(zip(b, v)) for s in [dump["ppl_vs_bits"]] for m, b, v in
-                   [(x["method"], x["bits"], x["values"]) for x in s["series"]]}
-            want_ppl = {}
-            for method, bits, value in db.execute(
-                    "SELECT json_extract(c.params_json, '$.method'), json_extract(c.params_json, "
-                    "'$.bits'), m.value FROM cases c JOIN measurements m ON m.case_id = c.id "
-                    "WHERE json_extract(c.params_json, '$.study') = 'ppl' AND m.metric = 'ppl'"):
-                want_ppl.setdefault(method, {})[bits] = value
-            fp32 = want_ppl.pop("fp32", {}).get(32)
-            check(ppl == want_ppl, "plotted perplexities equal the database's")
-            check(dump["ppl_vs_bits"]["fp32"] == fp32, "the fp32 line is kvq ppl's fp32 row")
+        ppl = {m: dict(zip(b, v)) for s in [dump["ppl_vs_bits"]] for m, b, v in
+               [(x["method"], x["bits"], x["values"]) for x in s["series"]]}
+        want_ppl = {}
+        for method, bits, value in db.execute(
+                "SELECT json_extract(c.params_json, '$.method'), json_extract(c.params_json, "
+                "'$.bits'), m.value FROM cases c JOIN measurements m ON m.case_id = c.id "
+                "WHERE json_extract(c.params_json, '$.study') = 'ppl' AND m.metric = 'ppl'"):
+            want_ppl.setdefault(method, {})[bits] = value
+        fp32 = want_ppl.pop("fp32", {}).get(32)
+        check(ppl == want_ppl, "plotted perplexities equal the database's")
+        check(dump["ppl_vs_bits"]["fp32"] == fp32, "the fp32 line is kvq ppl's fp32 row")
 
         # Errors a user meets: a missing database is named, nothing is created.
         missing = subprocess.run([sys.executable, plot, "--db", os.path.join(d, "no.db"),

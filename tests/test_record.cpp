@@ -17,12 +17,12 @@
 #include "harness/model/tokenizer.h"
 #include "harness/safetensors.h"
 #include "reference/error.h"
-#include "tests/shared_data.h"
+#include "tests/data_file.h"
 
 namespace {
 
-std::string shared(const char* relative) {
-  return kvq::testing::shared_file_or_skip(relative).string();
+std::string data(const char* name) {
+  return kvq::testing::data_file(name).string();
 }
 
 // SPEC.md §7 RoPE: angle = pos * theta^(-2i/d) in fp64, cos/sin rounded to fp32, then
@@ -52,9 +52,9 @@ struct TempFile {
 }  // namespace
 
 TEST_CASE("record: kvq record writes the recording schema, read back with SafetensorsFile") {
-  const std::string model = shared("models/stories260K.bin");
-  const std::string tok = shared("models/tok512.bin");
-  const std::string text = shared("data/tinystories-sample.txt");
+  const std::string model = data("stories260K.bin");
+  const std::string tok = data("tok512.bin");
+  const std::string text = data("tinystories-sample.txt");
   TempFile out("rec.safetensors");
   std::vector<std::string> args = {"record",         "--model", model,      "--tokenizer", tok,
                                    "--text",         text,      "--tokens", "40",          "--out",
@@ -85,7 +85,7 @@ TEST_CASE("record: kvq record writes the recording schema, read back with Safete
   CHECK(meta.at("rope_theta") == "10000");
   const auto ids = nlohmann::json::parse(meta.at("tokens")).get<std::vector<int32_t>>();
   REQUIRE(ids.size() == 40);
-  // BOS, then the first ids of the text (../shared/data/SOURCES.md).
+  // BOS, then the first ids of the text (data/SOURCES.md).
   CHECK(std::vector<int32_t>(ids.begin(), ids.begin() + 5) ==
         std::vector<int32_t>{1, 353, 331, 407, 261});
   CHECK_THAT(meta.at("text"), Catch::StartsWith("once upon a time there was"));
@@ -112,7 +112,7 @@ TEST_CASE("record: kvq record writes the recording schema, read back with Safete
 TEST_CASE("record: recording twice gives the same tensors, each token its own row") {
   // No state leaks between runs, and the k rows of tokens 2 and 3 in layer 2 differ (positions
   // are not mixed up).
-  const kvq::Model m = kvq::Model::load(shared("models/stories260K.bin"));
+  const kvq::Model m = kvq::Model::load(data("stories260K.bin"));
   const std::vector<int32_t> ids = {1, 353, 331, 407, 261};
   const kvq::Recording a = kvq::record_activations(m, ids);
   const kvq::Recording b = kvq::record_activations(m, ids);
@@ -123,7 +123,7 @@ TEST_CASE("record: recording twice gives the same tensors, each token its own ro
 }
 
 TEST_CASE("record: more tokens than seq_len or than the text holds is an error") {
-  const kvq::Model m = kvq::Model::load(shared("models/stories260K.bin"));
+  const kvq::Model m = kvq::Model::load(data("stories260K.bin"));
   const std::vector<int32_t> too_many(513, 1);
   CHECK_THROWS_AS(kvq::record_activations(m, too_many), kvq::Error);
   CHECK_THROWS_AS(kvq::record_activations(m, {}), kvq::Error);
@@ -132,9 +132,9 @@ TEST_CASE("record: more tokens than seq_len or than the text holds is an error")
   std::ofstream(text.path) << "hi";
   std::vector<std::string> args = {"record",
                                    "--model",
-                                   shared("models/stories260K.bin"),
+                                   data("stories260K.bin"),
                                    "--tokenizer",
-                                   shared("models/tok512.bin"),
+                                   data("tok512.bin"),
                                    "--text",
                                    text.path.string(),
                                    "--tokens",

@@ -10,7 +10,7 @@
 #include "harness/safetensors.h"
 #include "reference/error.h"
 #include "reference/sinks.h"
-#include "shared_data.h"
+#include "data_file.h"
 
 using namespace kvq;
 
@@ -231,7 +231,7 @@ TEST_CASE("sinks: ground truth recomputes attention from q and k with grouped he
 }
 
 TEST_CASE("sinks: tiny-moe recording: BOS tokens are the massive ones, ground truth is finite") {
-  const auto path = kvq::testing::shared_file_or_skip("recordings/tiny-moe.safetensors");
+  const auto path = kvq::testing::data_file("tiny-moe.safetensors");
   const SafetensorsFile f = SafetensorsFile::open(path.string());
   std::vector<std::vector<float>> q, k, h;
   for (int l = 0; f.has("layers." + std::to_string(l) + ".q"); ++l) {

@@ -1,7 +1,6 @@
 // `kvq sinks` and `kvq experts` studies, scored against the ground truth that harness/synth
 // plants (taken from synthesize()'s SynthGroundTruth, not from the file's metadata), plus what
-// must hold on the real tiny-moe recording. The tiny-moe cases come last: shared_file_or_skip
-// ends the binary with 77 when the recording is absent.
+// must hold on the real tiny-moe recording (data/tiny-moe.safetensors).
 #include <unistd.h>
 
 #include <algorithm>
@@ -21,7 +20,7 @@
 #include "harness/sink_study.h"
 #include "harness/store.h"
 #include "harness/synth.h"
-#include "shared_data.h"
+#include "data_file.h"
 #include "verify/metrics.h"
 
 namespace fs = std::filesystem;
@@ -196,7 +195,7 @@ TEST_CASE("experts: the CLI rejects a dense recording with an error naming the f
 // --- real recording (skips the binary when absent: keep these last) ---
 
 TEST_CASE("experts study on tiny-moe: finite statistics, a Super Expert, sorted by max_abs") {
-  const auto path = kvq::testing::shared_file_or_skip("recordings/tiny-moe.safetensors");
+  const auto path = kvq::testing::data_file("tiny-moe.safetensors");
   const kvq::ExpertStudy s = kvq::run_expert_study(kvq::SafetensorsFile::open(path.string()));
   CHECK_FALSE(s.has_argmax);  // the recording has no experts.down_argmax
   for (const auto& layer : s.stats)
@@ -214,7 +213,7 @@ TEST_CASE("experts study on tiny-moe: finite statistics, a Super Expert, sorted 
 }
 
 TEST_CASE("sinks study on tiny-moe: finite scores over T - 63 tokens, PFN(1) is token 0") {
-  const auto path = kvq::testing::shared_file_or_skip("recordings/tiny-moe.safetensors");
+  const auto path = kvq::testing::data_file("tiny-moe.safetensors");
   const kvq::SinkStudy s = kvq::run_sink_study(kvq::SafetensorsFile::open(path.string()));
   CHECK(s.truth.score.size() == static_cast<size_t>(s.tokens - 63));
   for (double v : s.truth.score) {

@@ -1,8 +1,8 @@
 // Study ops as scenario ops (harness/studies.h): the score KL on hand-made examples, the scenario
 // loader's handling of study keys and input = "model", the recording cache, and the three study
 // scenarios (scenarios/{experts,sinks,accuracy}.toml) run through `kvq run --db` and checked
-// from their SQLite rows against the planted ground truth and exact properties. The scenario
-// runs need ../shared and come last: shared_file_or_skip ends the binary with 77 without it.
+// from their SQLite rows against the planted ground truth and exact properties. The scenarios
+// read data/ (stories260K, tiny-moe).
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
@@ -25,7 +25,7 @@
 #include "harness/synth.h"
 #include "kvq_process.h"
 #include "reference/error.h"
-#include "shared_data.h"
+#include "data_file.h"
 
 #include <toml++/toml.h>
 
@@ -103,7 +103,7 @@ std::string run_scenario_file(const std::string& scenario) {
 }
 
 // The cases of scenarios/SCENARIO.toml that need no file (input = "synthetic"), written as a
-// scenario of their own: they run, and are checked, where ../shared is absent too.
+// scenario of their own, checked on their own as well.
 std::string synthetic_part(const std::string& scenario) {
   const char* root = std::getenv("KVQ_SOURCE_ROOT");
   REQUIRE(root != nullptr);  // set by meson test
@@ -372,10 +372,10 @@ TEST_CASE("vlm scenario: equal code bits, and spec's allocation meets the unifor
   CHECK(names.size() == 2 * 2 * 3);  // image mixes x text_attention x bits
 }
 
-// --- the whole scenario files: they read ../shared (the binary skips without it: keep last) ---
+// --- the whole scenario files (they read data/) ---
 
 TEST_CASE("experts scenario: tiny-moe lists its Super Expert, no planted set") {
-  kvq::testing::shared_file_or_skip("recordings/tiny-moe.safetensors");
+  kvq::testing::data_file("tiny-moe.safetensors");
   const std::string db = run_scenario_file("experts");
   const auto moe = metrics(db, "experts/tiny-moe");
   CHECK(moe.at("super_experts") >= 1.0);
@@ -384,7 +384,7 @@ TEST_CASE("experts scenario: tiny-moe lists its Super Expert, no planted set") {
 }
 
 TEST_CASE("sinks scenario: stories260K sinks and kvsink+kvquant vs kvquant perplexity") {
-  kvq::testing::shared_file_or_skip("models/stories260K.bin");
+  kvq::testing::data_file("stories260K.bin");
   const std::string db = run_scenario_file("sinks");
   check_synthetic_sinks(db);
   for (const char* name :
@@ -400,7 +400,7 @@ TEST_CASE("sinks scenario: stories260K sinks and kvsink+kvquant vs kvquant perpl
 }
 
 TEST_CASE("accuracy scenario: every row finite; fp32 exact; 4 bits beat 2 bits per method") {
-  kvq::testing::shared_file_or_skip("models/stories260K.bin");
+  kvq::testing::data_file("stories260K.bin");
   const std::string db = run_scenario_file("accuracy");
   CHECK(scalar(db, "SELECT count(*) FROM cases WHERE run_id = (SELECT max(id) FROM runs)") == "38");
   CHECK(scalar(db, "SELECT count(*) FROM measurements WHERE value IS NULL OR value != value") ==

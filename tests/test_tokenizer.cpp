@@ -1,5 +1,5 @@
 // llama2.c tokenizer: loading, the SPEC.md §9 encoder against the ids listed in
-// ../shared/data/SOURCES.md and against a plain quadratic re-implementation of llama2.c's encode,
+// data/SOURCES.md and against a plain quadratic re-implementation of llama2.c's encode,
 // byte fallback, merge order on a hand-built vocabulary, and load errors.
 #include <catch2/catch.hpp>
 #include <cstring>
@@ -12,7 +12,7 @@
 
 #include "harness/model/tokenizer.h"
 #include "reference/error.h"
-#include "tests/shared_data.h"
+#include "tests/data_file.h"
 
 namespace {
 
@@ -24,11 +24,11 @@ std::string read_file(const std::filesystem::path& path) {
 }
 
 std::string tok512() {
-  return kvq::testing::shared_file_or_skip("models/tok512.bin").string();
+  return kvq::testing::data_file("tok512.bin").string();
 }
 std::string sample_text() {
   return kvq::read_text_file(
-      kvq::testing::shared_file_or_skip("data/tinystories-sample.txt").string());
+      kvq::testing::data_file("tinystories-sample.txt").string());
 }
 
 // A tokenizer file from (piece, score) pairs, ids in order.

@@ -21,8 +21,8 @@ Example (the README's images; K=build/harness/kvq):
   $K run scenarios/demo.toml
   $K synth --out /tmp/synth.safetensors --seed 1
   $K sinks /tmp/synth.safetensors --db results/kvq.db --format json > /tmp/sinks.json
-  $K ppl --model ../shared/models/stories260K.bin --tokenizer ../shared/models/tok512.bin \
-      --text ../shared/data/tinystories-sample.txt --method fp32,rtn,kivi,rotatekv \
+  $K ppl --model data/stories260K.bin --tokenizer data/tok512.bin \
+      --text data/tinystories-sample.txt --method fp32,rtn,kivi,rotatekv \
       --bits 2,3,4 --max-tokens 512 --quiet
   $K bench docs/img/sizes.toml --min-time 0.05
   python3 tools/plot.py --db results/kvq.db --out docs/img --sinks-json /tmp/sinks.json

@@ -53,7 +53,7 @@ EPILOG = """\
 example:
   scripts/install-deps.sh --hf    # torch + transformers into .venv-hf/
   .venv-hf/bin/python3 tools/record_hf.py --model ./Qwen3-30B-A3B \\
-      --text ../shared/data/wikitext2-test.txt --tokens 1024 --out qwen3-moe.safetensors
+      --text data/wikitext2-test.txt --tokens 1024 --out qwen3-moe.safetensors
   kvq sinks qwen3-moe.safetensors; kvq experts qwen3-moe.safetensors
 
 exit status: 0 written, 2 bad input (missing file, bad option, unsupported model), 1 other."""

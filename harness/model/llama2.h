@@ -1,5 +1,5 @@
 // llama2.c checkpoint (version 0) loader and forward (DESIGN.md "Models and data"; format in
-// ../shared/models/SOURCES.md): RMSNorm (eps 1e-5), RoPE theta 10000 on pairs (2i, 2i+1),
+// docs/design.md): RMSNorm (eps 1e-5), RoPE theta 10000 on pairs (2i, 2i+1),
 // grouped-query attention, SwiGLU FFN, final RMSNorm, tied or untied classifier. RoPE is
 // kvq::apply_rope (SPEC.md §7), the rotation the methods apply to dequantized pre-RoPE keys.
 // Token-by-token decode goes through a KvCache (harness/model/kv_cache.h), so the cache can hold

@@ -67,7 +67,7 @@ void write_recording(const std::string& path, const Recording& rec) {
     add("k", l.k, kv_shape);
     add("v", l.v, kv_shape);
   }
-  // Keys as in ../shared/recordings/tiny-moe.safetensors, plus the llama2.c dimensions.
+  // Keys as in data/tiny-moe.safetensors, plus the llama2.c dimensions.
   char theta[32];
   std::snprintf(theta, sizeof theta, "%g", static_cast<double>(c.rope_theta));
   const std::map<std::string, std::string> metadata = {

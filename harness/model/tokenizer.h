@@ -16,7 +16,7 @@ constexpr int32_t kEosId = 2;  // llama2.c: "\n</s>\n"
 
 // Reads a text file for encoding (SPEC.md §9 "read as UTF-8"). Line ends are normalized as
 // Python's text mode does ("\r\n" and a lone "\r" become "\n"): the reference numbers in
-// ../shared/data/SOURCES.md (15,536 tokens for tinystories-sample.txt, which has CRLF line ends)
+// data/SOURCES.md (15,536 tokens for tinystories-sample.txt, which has CRLF line ends)
 // were computed that way. Bytes are otherwise kept as they are; invalid UTF-8 falls back to
 // byte ids in the encoder. Throws kvq::Error naming the file when it cannot be read.
 std::string read_text_file(const std::string& path);

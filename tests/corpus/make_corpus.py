@@ -102,7 +102,7 @@ write("st_modality_wrong.safetensors",
       st([("layers.0.k", "F32", KV_SHAPE, KV), ("layers.0.v", "F32", KV_SHAPE, KV),
           ("modality", "U8", [3], b"\x00\x01\x00")]))
 
-# --- llama2.c checkpoints and tokenizers (../shared/models/SOURCES.md format) ----------------
+# --- llama2.c checkpoints and tokenizers format) ----------------
 def checkpoint_floats(dim, hidden, layers, heads, kv_heads, vocab, seq_len):
     head = dim // heads
     kv = head * kv_heads

@@ -2,7 +2,7 @@
 """Writes the seed corpus of fuzz/fuzz_llama2.cpp (fuzz/corpus/llama2/*.seed).
 
 Each seed is one fuzz input: u32 little-endian n, n bytes of a llama2.c checkpoint (version 0,
-../shared/models/SOURCES.md format), then a llama2.c tokenizer (the rest). Tiny configs only
+docs/design.md format), then a llama2.c tokenizer (the rest). Tiny configs only
 (dim 4..8, one or two layers): valid pairs, so the fuzzer starts from inputs that reach the
 decoder and the encoder, and broken ones, one fault each. The files are committed; this script
 regenerates them byte for byte (python3 fuzz/corpus/llama2/make_seeds.py).
