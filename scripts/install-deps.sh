@@ -15,7 +15,8 @@ done
 
 packages=(meson ninja-build g++ pkg-config python3 sqlite3
           libeigen3-dev libboost-program-options-dev libsqlite3-dev catch2
-          libbenchmark-dev libtomlplusplus-dev nlohmann-json3-dev libomp-dev)
+          libbenchmark-dev libtomlplusplus-dev nlohmann-json3-dev libomp-dev
+          munge slurmctld slurmd slurm-client)  # the last four: tests/test_slurm.sh
 
 missing=()
 for p in "${packages[@]}"; do
