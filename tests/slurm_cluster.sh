@@ -89,6 +89,7 @@ CONF
   wait_for 30 slurm_node_idle || { slurm_log "the node did not come up"; slurm_dump_logs; return 1; }
 }
 
+slurm_queue_empty() { [ -z "$(squeue -h 2>/dev/null)" ]; }
 slurm_node_idle() { [ "$(sinfo -h -o %T 2>/dev/null)" = idle ]; }
 
 slurm_dump_logs() {
@@ -99,9 +100,14 @@ slurm_dump_logs() {
   done
 }
 
-# Stops the daemons by PID (TERM, then KILL after 10 s), newest first.
+# Cancels what is still queued or running (a test that failed half-way leaves no job step or
+# stopped kvq behind), then stops the daemons by PID (TERM, then KILL after 10 s), newest first.
 slurm_stop() {
   local i pid
+  if ((${#slurm_pids[@]})) && [ -n "$(squeue -h 2>/dev/null)" ]; then
+    scancel --user="$(id -un)" 2>/dev/null
+    wait_for 20 slurm_queue_empty || slurm_log "jobs still in the queue at the end"
+  fi
   for ((i = ${#slurm_pids[@]} - 1; i >= 0; i--)); do
     pid=${slurm_pids[i]}
     kill -TERM "$pid" 2>/dev/null || continue

@@ -17,10 +17,13 @@ for tool in munged slurmctld slurmd sbatch scontrol scancel sqlite3; do
   command -v "$tool" >/dev/null || { echo "test_slurm: no $tool (bash scripts/install-deps.sh): skipped"; exit 77; }
 done
 source "$root/tests/slurm_cluster.sh"
+# Run inside a Slurm job, the caller's SBATCH_*/SLURM_* settings would leak into this cluster's.
+while read -r name; do unset "$name"; done < <(compgen -e | grep -E '^(SBATCH|SLURM)_')
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/kvq-slurm.XXXXXX")
 cleanup() { slurm_stop; rm -rf "$work"; }
 trap cleanup EXIT
+trap 'exit 1' TERM INT HUP  # a meson timeout still runs cleanup
 fail() {
   echo "test_slurm: FAIL: $*" >&2
   slurm_dump_logs
@@ -36,7 +39,7 @@ results() {
            k.max_ulp, k.nmse, k.first_mismatch, k.expected, k.got
       FROM cases c JOIN checks k ON k.case_id = c.id ORDER BY c.name, k.backend;
     SELECT c.name, m.backend, m.metric, m.value, m.unit
-      FROM cases c JOIN measurements m ON m.case_id = c.id WHERE m.unit != 's'
+      FROM cases c JOIN measurements m ON m.case_id = c.id WHERE m.metric != 'time'
       ORDER BY c.name, m.backend, m.metric;"
 }
 
