@@ -45,7 +45,7 @@ print(*(x.getsockname()[1] for x in s))')
   local cpus=$(nproc)
   cat > "$cluster/slurm.conf" <<CONF
 ClusterName=kvqtest
-SlurmctldHost=$host
+SlurmctldHost=$host(127.0.0.1)
 SlurmctldPort=$ctld_port
 SlurmdPort=$slurmd_port
 SlurmUser=$user
@@ -74,7 +74,7 @@ ReturnToService=2
 KillWait=2
 MinJobAge=600
 GresTypes=gpu
-NodeName=$host CPUs=$cpus Gres=gpu:1 State=UNKNOWN
+NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus Gres=gpu:1 State=UNKNOWN
 PartitionName=test Nodes=$host Default=YES MaxTime=INFINITE State=UP
 CONF
   # One pretend GPU (/dev/null as its device file) so that the GPU variant's --gres=gpu:1 is
