@@ -16,6 +16,7 @@ done
 packages=(meson ninja-build g++ pkg-config python3 sqlite3
           libeigen3-dev libboost-program-options-dev libsqlite3-dev catch2
           libbenchmark-dev libtomlplusplus-dev nlohmann-json3-dev libomp-dev
+          pybind11-dev python3-dev  # the kvq Python module (python/)
           munge slurmctld slurmd slurm-client)  # the last four: tests/test_slurm.sh
 
 missing=()
@@ -65,7 +66,16 @@ else
   ln -sfn "$venv" .venv-hf
 fi
 stamp="$venv/kvq-pins.txt"
+# `pip install --no-build-isolation .` (the kvq Python module, pyproject.toml) needs the
+# meson-python build backend in the venv; separate from the pins so adding it reinstalls nothing.
+mesonpy() {
+  "$venv/bin/python3" -c 'import mesonpy' 2>/dev/null ||
+    "$venv/bin/python3" -m pip install --quiet --disable-pip-version-check --only-binary=:all: \
+      meson-python==0.22.1 pyproject-metadata==0.12.1 meson==1.12.1 ||
+    echo "install-deps: meson-python install failed: pip install . will not work" >&2
+}
 if [ -x "$venv/bin/python3" ] && [ "$(cat "$stamp" 2>/dev/null)" = "${hf_pins[*]}" ]; then
+  mesonpy
   exit 0
 fi
 echo "install-deps: installing torch + transformers into $venv (PyPI, ~3 GB download)" >&2
@@ -77,4 +87,5 @@ rm -f "$stamp"
 nice -n 5 "$venv/bin/python3" -m pip install --quiet --disable-pip-version-check --no-compile \
   --only-binary=:all: "${hf_pins[@]}"
 echo "${hf_pins[*]}" > "$stamp"
+mesonpy
 echo "install-deps: $venv ready in $(( $(date +%s) - start )) s" >&2
