@@ -40,7 +40,7 @@ array=$(sbatch --parsable --array="${shards:-0-$((n - 1))}" "${gres[@]}" \
   "$root/scripts/slurm/shard.sbatch" "$kvq" "$scenario" "$n" "$dir")
 array=${array%%;*}  # --parsable prints "id;cluster" on a multi-cluster setup
 # afterany, not afterok: a failed or cancelled task would leave an afterok merge pending
-# forever (never run), and the failure would show nowhere in the results; the merge names it.
+# forever (DependencyNeverSatisfied), and the failure would show nowhere in the results.
 merge=$(sbatch --parsable --dependency="afterany:$array" --output="$dir/logs/merge.job-%j.out" \
   "$root/scripts/slurm/merge.sbatch" "$kvq" "$scenario" "$n" "$dir")
 merge=${merge%%;*}
