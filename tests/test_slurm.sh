@@ -5,7 +5,8 @@
 #     sorted; ids, times and run rows aside);
 #  2. a second sweep whose shard 1 is killed with scancel mid-run: the merge job fails, names
 #     shard 1 incomplete, and kvq.db holds that run as 'incomplete'; shard 1 resubmitted alone
-#     (GPU variant, --gpu): the new merge equals the unsharded run again.
+#     (GPU variant, --gpu): the new merge equals the unsharded run again;
+#  3. a sweep whose shard 1 never ran: the merge job fails and names shard 1 missing.
 # usage: tests/test_slurm.sh [SCENARIO]   (default scenarios/ci-recording.toml)
 # KVQ_BIN is the kvq to test (meson sets it). Exit 77 (skipped) without the Slurm and munge
 # packages (scripts/install-deps.sh installs them).
@@ -114,4 +115,10 @@ ls "$work"/sweep2/replaced/shard-1.replaced-by-*.db >/dev/null || fail "the kill
 results "$work/sweep2/kvq.db" > "$work/sweep2.txt"
 cmp "$work/whole.txt" "$work/sweep2.txt" || fail "merge after the rerun differs from the unsharded run"
 echo "test_slurm: shard 1 rerun (--gpu): merge = unsharded run ($checks sorted check rows equal)"
+# 3. A shard that never ran (here never submitted; a task cancelled while pending alike).
+sweep --dir "$work/sweep3" --shards 0,2 "$scenario" 3
+wait_merge
+[ "$(job_state "$merge")" = FAILED ] || fail "merge job $merge without shard 1: $(job_state "$merge")"
+grep -q "^shard 1/3: missing" "$work/sweep3/logs/merge.job-$merge.out" || fail "shard 1 not named missing"
+echo "test_slurm: shard 1 never ran: merge FAILED, shard 1 missing"
 echo "test_slurm: PASS in $((SECONDS - start)) s"
