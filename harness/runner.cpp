@@ -108,6 +108,9 @@ CaseInput make_input(const ScenarioCase& c, Op op) {
       throw Error(c.input + ": tensor '" + name + "': expected 2 or 3 dimensions, got " +
                   shape_string(view.shape));
     }
+    if (in.shape.tokens < 1 || in.shape.heads < 1 || in.shape.head_dim < 1)
+      throw Error(c.input + ": tensor '" + name + "' has shape " + shape_string(view.shape) +
+                  "; every dimension must be >= 1");
     in.x = file.read_f32(name);
     if (view.dtype == DType::F16) {  // the fused path reads fp16 as an engine stores it
       const auto* bits = static_cast<const uint16_t*>(view.data);
@@ -164,6 +167,9 @@ void recorded_routing(const ScenarioCase& c, Prepared& p) {
   if (view.shape.size() != 2)
     throw Error(c.input + ": tensor '" + ids + "': expected [T, top_k], got " +
                 shape_string(view.shape));
+  if (view.shape[0] < 1 || view.shape[1] < 1)
+    throw Error(c.input + ": tensor '" + ids + "' has shape " + shape_string(view.shape) +
+                "; every dimension must be >= 1");
   p.in.shape = {view.shape[0], 1, view.shape[1]};
   p.top_k = view.shape[1];
   p.ids = file.read_i32(ids);

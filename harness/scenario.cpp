@@ -266,8 +266,15 @@ std::vector<nlohmann::json> recording_layers(const std::string& file, const std:
   }
   const SafetensorsFile& recording = *opened;
   std::vector<nlohmann::json> layers;
-  while (recording.has("layers." + std::to_string(layers.size()) + "." + tensor))
+  for (std::string name; recording.has(name = "layers." + std::to_string(layers.size()) + "." +
+                                            tensor);) {
+    // An empty dimension (0 tokens, heads or head_dim) leaves the ops nothing to work on.
+    const Shape shape = recording.view(name).shape;
+    if (std::find(shape.begin(), shape.end(), 0) != shape.end())
+      throw Error(where + ": recording '" + file + "': tensor '" + name + "' has shape " +
+                  shape_string(shape) + "; every dimension must be >= 1");
     layers.push_back(static_cast<int64_t>(layers.size()));
+  }
   if (layers.empty())
     throw Error(where + ": recording '" + file + "' has no tensor 'layers.0." + tensor + "'");
   return layers;

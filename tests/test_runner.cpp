@@ -12,6 +12,7 @@
 
 #include "backends/reference_backend.h"
 #include "harness/runner.h"
+#include "harness/safetensors.h"
 #include "harness/scenario.h"
 #include "harness/store.h"
 #include "reference/error.h"
@@ -355,4 +356,40 @@ backends = ["ref", "cdua"]
   CHECK_THROWS_WITH(kvq::run_scenario(in_case, options),
                     Catch::Matchers::Contains("unknown backend 'cdua'") &&
                         Catch::Matchers::Contains("s.toml:1"));
+}
+
+TEST_CASE("runner: a recording with 0 tokens is an error naming the tensor, never a crash") {
+  const fs::path dir = fresh_dir("zero_tokens");
+  // Every layer tensor present, with 0 tokens (rotate_k's calibration and attention_decode's
+  // last query read token 0 of them).
+  const std::vector<float> none;
+  std::vector<kvq::NamedTensor> tensors;
+  for (const char* what : {"k", "k_pre_rope", "v", "q"})
+    tensors.push_back({std::string("layers.0.") + what, {none.data(), kvq::DType::F32, {0, 4, 8}}});
+  kvq::write_safetensors((dir / "rec.safetensors").string(), tensors, {});
+  // `layers` given, so the loader's whole-recording shape check does not run: the op's own does.
+  const kvq::Scenario s = write_scenario(dir, R"([scenario]
+backends = ["ref"]
+
+[[case]]
+op = ["rotate_k", "rotate_quantize", "attention_decode"]
+input = "rec.safetensors"
+layers = 0
+)");
+  kvq::RunOptions options;
+  options.db = (dir / "kvq.db").string();
+  const kvq::RunSummary summary = kvq::run_scenario(s, options);
+  CHECK(summary.cases == 3);
+  CHECK(summary.passed == 0);
+  REQUIRE(summary.failures.size() == 3);
+  for (const kvq::Failure& f : summary.failures) {
+    INFO(f.case_name << ": " << f.got);
+    CHECK_THAT(f.got, Catch::Matchers::Contains("rec.safetensors") &&
+                          Catch::Matchers::Contains("'layers.0.k") &&
+                          Catch::Matchers::Contains("[0, 4, 8]"));
+  }
+  // Without `layers` the loader refuses the scenario before running anything.
+  CHECK_THROWS_WITH(write_scenario(dir, "[[case]]\nop = \"rotate_k\"\ninput = \"rec.safetensors\"\n"),
+                    Catch::Matchers::Contains("s.toml:1") &&
+                        Catch::Matchers::Contains("'layers.0.k_pre_rope' has shape [0, 4, 8]"));
 }
