@@ -61,21 +61,36 @@ struct Entry {
   uint64_t begin = 0, end = 0;
 };
 
-// nlohmann keeps the last of duplicate keys silently; this parser callback records the first
-// duplicate at any nesting level so the header is rejected instead.
-struct DuplicateFinder {
+// nlohmann keeps the last of duplicate keys silently; this SAX pass over the (already parsed,
+// so valid) header records the first duplicate at any nesting level so the header is rejected
+// instead. A SAX pass rather than a parse callback: the callback parser rescans the enclosing
+// object at every nested object's end, quadratic in the tensor count (issue 15).
+struct DuplicateFinder : json::json_sax_t {
   std::vector<std::set<std::string>> stack;
   std::string duplicate;
-  bool operator()(int /*depth*/, json::parse_event_t event, json& parsed) {
-    if (event == json::parse_event_t::object_start) {
-      stack.emplace_back();
-    } else if (event == json::parse_event_t::object_end) {
-      if (!stack.empty()) stack.pop_back();
-    } else if (event == json::parse_event_t::key && !stack.empty()) {
-      const std::string key = parsed.get<std::string>();
-      if (!stack.back().insert(key).second && duplicate.empty()) duplicate = key;
-    }
+  bool null() override { return true; }
+  bool boolean(bool) override { return true; }
+  bool number_integer(number_integer_t) override { return true; }
+  bool number_unsigned(number_unsigned_t) override { return true; }
+  bool number_float(number_float_t, const string_t&) override { return true; }
+  bool string(string_t&) override { return true; }
+  bool binary(binary_t&) override { return true; }
+  bool start_object(std::size_t) override {
+    stack.emplace_back();
     return true;
+  }
+  bool key(string_t& key) override {
+    if (!stack.back().insert(key).second && duplicate.empty()) duplicate = key;
+    return true;
+  }
+  bool end_object() override {
+    stack.pop_back();
+    return true;
+  }
+  bool start_array(std::size_t) override { return true; }
+  bool end_array() override { return true; }
+  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception&) override {
+    return false;
   }
 };
 
@@ -116,13 +131,14 @@ struct SafetensorsFile::Impl {
 
 void SafetensorsFile::Impl::parse_header(uint64_t header_len) {
   const char* text = reinterpret_cast<const char*>(map + 8);
-  DuplicateFinder finder;
   json header;
   try {
-    header = json::parse(text, text + header_len, std::ref(finder));
+    header = json::parse(text, text + header_len);
   } catch (const json::exception& e) {
     throw Error(path + ": header is not valid JSON (" + e.what() + ")");
   }
+  DuplicateFinder finder;
+  json::sax_parse(text, text + header_len, &finder);
   if (!finder.duplicate.empty())
     throw Error(path + ": header has the key '" + finder.duplicate + "' twice");
   if (!header.is_object()) throw Error(path + ": header is not a JSON object");

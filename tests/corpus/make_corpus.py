@@ -101,6 +101,14 @@ write("st_k_wrong_dtype.safetensors",
 write("st_modality_wrong.safetensors",
       st([("layers.0.k", "F32", KV_SHAPE, KV), ("layers.0.v", "F32", KV_SHAPE, KV),
           ("modality", "U8", [3], b"\x00\x01\x00")]))
+# Every tensor a layer's ops read, with 0 tokens (rotate_k and attention_decode read token 0).
+write("st_zero_token_recording.safetensors",
+      st([("layers.0." + w, "F32", [0, 4, 8], b"") for w in ("k", "k_pre_rope", "v", "q")]))
+# 10000 empty tensors, the first repeated at the end: the header parse is linear
+# (quadratic, 20000 took 7 s) and its duplicate check still reaches the last key.
+write("st_many_tensors.safetensors",
+      st_raw("{" + ",".join('"p%d":{"dtype":"U8","shape":[0],"data_offsets":[0,0]}' % (i % 10000)
+                            for i in range(10001)) + "}"))
 
 # --- llama2.c checkpoints and tokenizers format) ----------------
 def checkpoint_floats(dim, hidden, layers, heads, kv_heads, vocab, seq_len):
