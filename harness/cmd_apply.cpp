@@ -3,10 +3,12 @@
 // (harness/apply.h describes the output).
 #include <boost/program_options.hpp>
 #include <cstdio>
-#include <iostream>
 #include <string>
 
 #include "harness/apply.h"
+#include "harness/cli_options.h"
+#include "harness/commands.h"
+#include "harness/output_path.h"
 #include "reference/error.h"
 
 namespace kvq {
@@ -35,40 +37,24 @@ int cmd_apply(int argc, char** argv) {
       "clip", po::value(&clip)->default_value(clip),
       "clip ratio r (-1: method default, rotatekv 0.8 at 2 bits)")(
       "zero-point", po::value(&zero_point)->default_value(zero_point), "float or int (SPEC.md §3)");
-  po::variables_map vm;
-  try {
-    po::store(po::parse_command_line(argc, argv, options), vm);
-    if (vm.count("help")) {
-      std::cout << options << "\n";
-      return 0;
-    }
-    po::notify(vm);
-  } catch (const po::error& e) {
-    // One line on stderr, like every other bad input (STYLE.md rule 5); the options: --help.
-    std::fprintf(stderr, "kvq apply: %s (kvq apply --help)\n", e.what());
-    return 2;
-  }
-  try {
-    MethodParams params;
-    params.method = parse_method(method);
-    params.bits = bits;
-    params.group = group;
-    params.window = window;
-    params.clip = clip;
-    if (zero_point != "float" && zero_point != "int")
-      throw Error("kvq apply: --zero-point must be 'float' or 'int', got '" + zero_point + "'");
-    params.zero_point = zero_point == "int" ? ZeroPoint::Int : ZeroPoint::Float;
-    const SafetensorsFile recording = SafetensorsFile::open(in);
-    const AppliedRecording applied = apply_recording(recording, params, backend);
-    write_applied(out, applied, in);
-    std::printf("%s b=%d G=%lld: %zu layers, K %.4f bits/element, V %.4f bits/element -> %s\n",
-                method_name(params.method), bits, static_cast<long long>(group),
-                applied.layers.size(), applied.k_bits_per_element, applied.v_bits_per_element,
-                out.c_str());
-  } catch (const Error& e) {
-    std::fprintf(stderr, "kvq apply: %s\n", e.what());
-    return 2;
-  }
+  if (!parse_subcommand_options(argc, argv, options, "apply: ")) return 0;  // --help
+  MethodParams params;
+  params.method = parse_method(method);
+  params.bits = bits;
+  params.group = group;
+  params.window = window;
+  params.clip = clip;
+  if (zero_point != "float" && zero_point != "int")
+    throw Error("apply: --zero-point must be 'float' or 'int', got '" + zero_point + "'");
+  params.zero_point = zero_point == "int" ? ZeroPoint::Int : ZeroPoint::Float;
+  check_output_path("--out", out, {{"--in", in}});
+  const SafetensorsFile recording = SafetensorsFile::open(in);
+  const AppliedRecording applied = apply_recording(recording, params, backend);
+  write_applied(out, applied, in);
+  std::printf("%s b=%d G=%lld: %zu layers, K %.4f bits/element, V %.4f bits/element -> %s\n",
+              method_name(params.method), bits, static_cast<long long>(group),
+              applied.layers.size(), applied.k_bits_per_element, applied.v_bits_per_element,
+              out.c_str());
   return 0;
 }
 

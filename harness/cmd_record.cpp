@@ -10,6 +10,7 @@
 #include "harness/model/llama2.h"
 #include "harness/model/recorder.h"
 #include "harness/model/tokenizer.h"
+#include "harness/output_path.h"
 #include "reference/error.h"
 
 namespace kvq {
@@ -28,6 +29,9 @@ int cmd_record(int argc, char** argv) {
       "out", po::value(&out_path)->required(), "output .safetensors");
   if (!parse_subcommand_options(argc, argv, options, "record: ")) return 0;  // --help
 
+  check_output_path("--out", out_path,
+                    {{"--model", inputs.model}, {"--tokenizer", inputs.tokenizer},
+                     {"--text", inputs.text}});
   const Model model = Model::load(inputs.model);
   const Tokenizer tokenizer = Tokenizer::load(inputs.tokenizer);
   require_matching_tokenizer(model, tokenizer);

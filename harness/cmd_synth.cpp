@@ -4,10 +4,11 @@
 // writes a synthetic recording with planted ground truth (harness/synth.h).
 #include <boost/program_options.hpp>
 #include <cstdio>
-#include <iostream>
 #include <string>
 
+#include "harness/cli_options.h"
 #include "harness/commands.h"
+#include "harness/output_path.h"
 #include "harness/synth.h"
 #include "reference/error.h"
 
@@ -40,33 +41,17 @@ int cmd_synth(int argc, char** argv) {
       "text-attention", po::value(&p.text_attention)->default_value(p.text_attention),
       "extra logit of text over image tokens in layers < L/2 (AKVQ-VL's text-salient "
       "attention; needs --head-dim >= 16)");
-  po::variables_map vm;
-  try {
-    po::store(po::parse_command_line(argc, argv, options), vm);
-    if (vm.count("help")) {
-      std::cout << options << "\n";
-      return 0;
-    }
-    po::notify(vm);
-  } catch (const po::error& e) {
-    std::fprintf(stderr, "kvq synth: %s\n", e.what());
-    std::cerr << options << "\n";
-    return 2;
-  }
-  try {
-    const SynthRecording rec = synthesize(p);
-    write_recording(out, rec);
-    std::printf(
-        "%s: %zu tensors; sinks %s, massive channels %s at layer >= %lld, super experts "
-        "%s\n",
-        out.c_str(), rec.tensors.size(), rec.metadata.at("sink_tokens").c_str(),
-        rec.metadata.at("massive_channels").c_str(),
-        static_cast<long long>(rec.truth.massive_layer), rec.metadata.at("super_experts").c_str());
-    return 0;
-  } catch (const Error& e) {
-    std::fprintf(stderr, "%s\n", e.what());
-    return 2;
-  }
+  if (!parse_subcommand_options(argc, argv, options, "synth: ")) return 0;  // --help
+  require_replaceable(out);
+  const SynthRecording rec = synthesize(p);
+  write_recording(out, rec);
+  std::printf(
+      "%s: %zu tensors; sinks %s, massive channels %s at layer >= %lld, super experts "
+      "%s\n",
+      out.c_str(), rec.tensors.size(), rec.metadata.at("sink_tokens").c_str(),
+      rec.metadata.at("massive_channels").c_str(),
+      static_cast<long long>(rec.truth.massive_layer), rec.metadata.at("super_experts").c_str());
+  return 0;
 }
 
 }  // namespace kvq

@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "harness/output_path.h"
 #include "reference/error.h"
 
 namespace kvq {
@@ -335,6 +336,7 @@ void write_safetensors(const std::string& path, const std::vector<NamedTensor>& 
   uint8_t len_bytes[8];
   for (int i = 0; i < 8; ++i) len_bytes[i] = static_cast<uint8_t>(uint64_t{text.size()} >> (8 * i));
 
+  require_replaceable(path);  // the rename below would replace a device, FIFO or symlink
   const std::filesystem::path target(path);
   const std::filesystem::path dir =
       target.parent_path().empty() ? std::filesystem::path(".") : target.parent_path();

@@ -164,7 +164,9 @@ TEST_CASE("apply: missing tensors, bad methods and other backends are errors") {
                                 "--in",  in,         "--out", out};
   std::vector<char*> argv;
   for (std::string& a : args) argv.push_back(a.data());
-  CHECK(cmd_apply(static_cast<int>(argv.size()), argv.data()) == 2);
+  // Bad input throws kvq::Error, which the CLI prints as one "kvq: ..." line with exit 2.
+  CHECK_THROWS_WITH(cmd_apply(static_cast<int>(argv.size()), argv.data()),
+                    Catch::Contains("unknown method 'nope'"));
   args[2] = "rtn";
   argv.clear();
   for (std::string& a : args) argv.push_back(a.data());

@@ -101,6 +101,9 @@ write("st_k_wrong_dtype.safetensors",
 write("st_modality_wrong.safetensors",
       st([("layers.0.k", "F32", KV_SHAPE, KV), ("layers.0.v", "F32", KV_SHAPE, KV),
           ("modality", "U8", [3], b"\x00\x01\x00")]))
+# A valid one-layer recording: `kvq apply` with it as both --in and --out must refuse to write.
+write("st_out_is_in.safetensors", st([("layers.0.k", "F32", KV_SHAPE, KV),
+                                      ("layers.0.v", "F32", KV_SHAPE, KV)]))
 # Every tensor a layer's ops read, with 0 tokens (rotate_k and attention_decode read token 0).
 write("st_zero_token_recording.safetensors",
       st([("layers.0." + w, "F32", [0, 4, 8], b"") for w in ("k", "k_pre_rope", "v", "q")]))
