@@ -132,7 +132,7 @@ int cmd_report(int argc, char** argv) {
   // Reading must not create an empty database where the user mistyped the path.
   if (!std::filesystem::is_regular_file(db))
     throw Error(db + ": no results database (run `kvq run SCENARIO --db " + db + "` first)");
-  Store store(db);
+  Store store(db, StoreAccess::ReadOnly);  // a report never changes the database
   sqlite3* handle = store.handle();
 
   if (comparing) {

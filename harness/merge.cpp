@@ -199,17 +199,8 @@ void copy_runs(sqlite3* db, const std::string& path, const std::string& output,
   }
 }
 
-}  // namespace
-
-MergeSummary merge_results(const std::vector<std::string>& inputs, const std::string& output) {
-  namespace fs = std::filesystem;
-  if (inputs.empty()) throw Error("merge: no input databases");
-  for (const std::string& path : inputs) {
-    if (!fs::is_regular_file(path)) throw Error(path + ": no such results database");
-    std::error_code ec;
-    if (fs::exists(output) && fs::equivalent(path, output, ec))
-      throw Error(path + ": is the output " + output + " itself");
-  }
+// Copies every input into `output` (created with the schema when absent).
+MergeSummary merge_into(const std::vector<std::string>& inputs, const std::string& output) {
   Store store(output);  // creates the output with the schema, or checks its version
   sqlite3* db = store.handle();
   MergeSummary summary;
@@ -237,6 +228,32 @@ MergeSummary merge_results(const std::vector<std::string>& inputs, const std::st
     exec(db, "DETACH DATABASE src", path);
   }
   return summary;
+}
+
+}  // namespace
+
+MergeSummary merge_results(const std::vector<std::string>& inputs, const std::string& output) {
+  namespace fs = std::filesystem;
+  if (inputs.empty()) throw Error("merge: no input databases");
+  for (const std::string& path : inputs) {
+    if (!fs::is_regular_file(path)) throw Error(path + ": no such results database");
+    std::error_code ec;
+    if (fs::exists(output) && fs::equivalent(path, output, ec))
+      throw Error(path + ": is the output " + output + " itself");
+  }
+  // A merge that fails leaves no output it created. An output that existed keeps the inputs
+  // merged before the failing one (each input is its own transaction).
+  const bool created = !fs::exists(output);
+  try {
+    return merge_into(inputs, output);
+  } catch (...) {
+    if (created)
+      for (const char* suffix : {"", "-wal", "-shm", "-journal"}) {
+        std::error_code ec;
+        fs::remove(output + suffix, ec);
+      }
+    throw;
+  }
 }
 
 }  // namespace kvq

@@ -1,5 +1,7 @@
 #include "harness/report_runs.h"
 
+#include <sqlite3.h>
+
 #include "reference/error.h"
 
 namespace kvq {
@@ -63,7 +65,12 @@ int64_t resolve_run(sqlite3* db, const std::string& spec, const std::string& db_
 }
 
 QueryResult run_report_query(sqlite3* db, const std::string& sql, std::optional<int64_t> run) {
-  return run_query(db, sql, run ? QueryParameters{{":run", *run}} : QueryParameters{});
+  try {
+    return run_query(db, sql, run ? QueryParameters{{":run", *run}} : QueryParameters{});
+  } catch (const Error& e) {
+    const char* file = sqlite3_db_filename(db, "main");  // the error names the database
+    throw Error(std::string(file && *file ? file : "results database") + ": " + e.what());
+  }
 }
 
 }  // namespace kvq

@@ -179,7 +179,72 @@ RunInfo collect_run_info(const std::string& scenario_path, const std::string& co
   return info;
 }
 
-Store::Store(const std::string& path) : path_(path) {
+namespace {
+
+// "file:" URI of a path for sqlite3_open_v2 with SQLITE_OPEN_URI ('%', '?' and '#' escaped).
+std::string file_uri(const std::string& path, const char* query) {
+  std::string uri = "file:";
+  for (const char c : path) {
+    if (c == '%' || c == '?' || c == '#') {
+      char hex[4];
+      std::snprintf(hex, sizeof hex, "%%%02X", static_cast<unsigned char>(c));
+      uri += hex;
+    } else {
+      uri += c;
+    }
+  }
+  return uri + "?" + query;
+}
+
+// Reports read only: no ATTACH (it would open or create other files), no DETACH.
+int deny_attach(void*, int action, const char*, const char*, const char*, const char*) {
+  return action == SQLITE_ATTACH || action == SQLITE_DETACH ? SQLITE_DENY : SQLITE_OK;
+}
+
+// Opens `path` read-only. A WAL database whose -wal and -shm files are gone (closed cleanly) in a
+// folder this process cannot write cannot create them: then it is read as immutable, which is
+// safe there because no writer can append to a WAL it cannot create either.
+sqlite3* open_read_only(const std::string& path) {
+  for (const char* query : {"mode=ro", "immutable=1"}) {
+    sqlite3* db = nullptr;
+    const int rc = sqlite3_open_v2(file_uri(path, query).c_str(), &db,
+                                   SQLITE_OPEN_READONLY | SQLITE_OPEN_URI, nullptr);
+    std::string why = db ? sqlite3_errmsg(db) : "out of memory";
+    if (rc == SQLITE_OK) {
+      sqlite3_busy_timeout(db, 10000);
+      // A first read opens the WAL; it fails here when the folder is read-only.
+      if (sqlite3_exec(db, "SELECT count(*) FROM sqlite_master", nullptr, nullptr, nullptr) ==
+          SQLITE_OK)
+        return db;
+      why = sqlite3_errmsg(db);
+    }
+    sqlite3_close(db);
+    if (std::string(query) == "immutable=1")
+      throw Error(path + ": cannot open database read-only (" + why + ")");
+  }
+  return nullptr;
+}
+
+}  // namespace
+
+Store::Store(const std::string& path, StoreAccess access) : path_(path) {
+  if (access == StoreAccess::ReadOnly) {
+    db_ = open_read_only(path);
+    try {
+      exec(db_, "PRAGMA query_only = ON", path);
+      sqlite3_set_authorizer(db_, deny_attach, nullptr);
+      const int64_t version = pragma_int(db_, "PRAGMA user_version", path);
+      if (version != kSchemaVersion)
+        throw Error(path + ": schema version " + std::to_string(version) + ", this kvq expects " +
+                    std::to_string(kSchemaVersion) +
+                    (version == 0 ? " (not a kvq results database)" : ""));
+    } catch (...) {
+      sqlite3_close(db_);
+      db_ = nullptr;
+      throw;
+    }
+    return;
+  }
   const std::filesystem::path parent = std::filesystem::path(path).parent_path();
   if (!parent.empty() && path != ":memory:") {
     std::error_code ec;
@@ -204,6 +269,13 @@ Store::Store(const std::string& path) : path_(path) {
     };
     const int64_t found = pragma_int(db_, "PRAGMA user_version", path);
     check_version(found);  // before anything changes a database of another version
+    // Version 0 with tables of its own is some other program's database: adding kvq's tables
+    // (and WAL mode) beside them would change a file kvq does not own.
+    if (found == 0 &&
+        pragma_int(db_, "SELECT count(*) FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'",
+                   path) > 0)
+      throw Error(path + ": an SQLite database that is not a kvq results store (it has tables "
+                  "of its own and no kvq schema version); give a new or kvq database");
     {
       Statement wal(db_, "PRAGMA journal_mode = WAL", path);
       if (sqlite3_step(wal.get()) != SQLITE_ROW) throw Error(path + ": " + sqlite3_errmsg(db_));
@@ -309,10 +381,17 @@ QueryResult run_query(sqlite3* db, const std::string& sql, const QueryParameters
     sqlite3_stmt* raw = nullptr;
     const char* tail = nullptr;
     if (sqlite3_prepare_v2(db, next, -1, &raw, &tail) != SQLITE_OK)
-      throw Error(std::string("query: ") + sqlite3_errmsg(db));
+      throw Error(std::string("query: ") + (sqlite3_errcode(db) == SQLITE_AUTH
+                                                ? "ATTACH and DETACH are refused (reports read "
+                                                  "the results database only)"
+                                                : sqlite3_errmsg(db)));
     next = tail;
     if (!raw) continue;  // whitespace or a comment
     std::unique_ptr<sqlite3_stmt, int (*)(sqlite3_stmt*)> st(raw, sqlite3_finalize);
+    // A read-only connection (reports) runs only statements that change no database file.
+    if (sqlite3_db_readonly(db, "main") == 1 && !sqlite3_stmt_readonly(raw))
+      throw Error(std::string("query: the results database is open read-only; '") +
+                  sqlite3_sql(raw) + "' would change it (reports run SELECT statements only)");
     for (const auto& [name, value] : parameters)
       if (const int index = sqlite3_bind_parameter_index(raw, name.c_str()); index > 0)
         sqlite3_bind_int64(raw, index, value);

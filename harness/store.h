@@ -46,11 +46,16 @@ struct Measurement {
   double spread = 0.0;            // e.g. (max - min) / median over repetitions
 };
 
+// How a Store opens its database: ReadWrite creates it and its schema when absent; ReadOnly
+// (reports) opens an existing kvq database read-only, lets through only statements that change
+// nothing and refuses ATTACH, and also reads a database in a folder it cannot write.
+enum class StoreAccess { ReadWrite, ReadOnly };
+
 class Store {
  public:
   // Opens or creates the database (parent folders too), applies the schema, enables WAL and a
   // busy timeout. Throws kvq::Error naming the path on a schema version mismatch.
-  explicit Store(const std::string& path);
+  explicit Store(const std::string& path, StoreAccess access = StoreAccess::ReadWrite);
   ~Store();
   Store(const Store&) = delete;
   Store& operator=(const Store&) = delete;

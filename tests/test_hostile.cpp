@@ -2,7 +2,10 @@
 // outputs that would destroy something, inputs sized to exhaust memory or time, options that
 // contradict each other. Each run must end in one line on stderr naming the file, key or option
 // and exit status 2, and leave what it was pointed at untouched (STYLE.md rule 5).
+#include <fcntl.h>
+#include <grp.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -53,7 +56,77 @@ void require_one_line_error(const KvqResult& r, const std::vector<std::string>& 
   for (const std::string& w : words) CHECK_THAT(r.err, Contains(w));
 }
 
+// `kvq ARGS...` run as a user who cannot write `dir`'s files: as root (who may write anything),
+// the child drops to nobody (uid and gid 65534) before exec.
+KvqResult kvq_as_reader(const fs::path& dir, const std::vector<std::string>& args) {
+  const fs::path out = scratch.dir / "reader.stdout", err = scratch.dir / "reader.stderr";
+  std::vector<std::string> argv_text = {kvq::testing::kvq_bin()};
+  argv_text.insert(argv_text.end(), args.begin(), args.end());
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    const int o = ::open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0666);
+    const int e = ::open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0666);
+    if (o < 0 || e < 0 || ::dup2(o, 1) < 0 || ::dup2(e, 2) < 0 || ::chdir(dir.c_str()) != 0)
+      ::_exit(127);
+    if (::geteuid() == 0 && (::setgroups(0, nullptr) != 0 || ::setgid(65534) != 0 ||
+                             ::setuid(65534) != 0))
+      ::_exit(126);
+    std::vector<char*> argv;
+    for (std::string& a : argv_text) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    ::execv(argv[0], argv.data());
+    ::_exit(127);
+  }
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  KvqResult r;
+  r.status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  r.out = read_whole_file(out);
+  r.err = read_whole_file(err);
+  return r;
+}
+
+// A results database with one complete run of one fwht case, in `dir`.
+fs::path results_db(const fs::path& dir) {
+  std::ofstream(dir / "s.toml") << "[[case]]\nop = \"fwht\"\ntokens = 1\nn = 4\n";
+  const fs::path db = dir / "r.db";
+  const KvqResult r = kvq_in(dir, {"run", (dir / "s.toml").string(), "--db", db.string(),
+                                   "--backends", "ref"});
+  INFO(r.err);
+  REQUIRE(r.status == 0);
+  return db;
+}
+
 }  // namespace
+
+TEST_CASE("hostile: a report opens the database read-only, also in a folder it cannot write") {
+  const fs::path dir = fresh_dir("report");
+  const fs::path db = results_db(dir);
+  const std::string before = read_whole_file(db);
+  const std::string copy = (dir / "copy.db").string(), other = (dir / "other.db").string();
+  for (const std::string& sql :
+       {std::string("DELETE FROM checks"), std::string("DROP TABLE measurements"),
+        "VACUUM INTO '" + copy + "'", "ATTACH '" + other + "' AS x",
+        std::string("CREATE TEMP TABLE t (x)"), std::string("PRAGMA journal_mode = DELETE"),
+        std::string("SELECT 1; UPDATE runs SET status = 'x'")}) {
+    INFO(sql);
+    require_one_line_error(kvq_in(dir, {"report", "--db", db.string(), "--sql", sql}),
+                           {"query: "});
+  }
+  CHECK(read_whole_file(db) == before);
+  CHECK(!fs::exists(copy));
+  CHECK(!fs::exists(other));
+  // A database in a folder this user cannot write (WAL mode, its -wal and -shm files gone).
+  fs::permissions(dir, fs::perms::owner_write | fs::perms::group_write | fs::perms::others_write,
+                  fs::perm_options::remove);
+  const KvqResult r = kvq_as_reader(dir, {"report", "--db", db.string()});
+  fs::permissions(dir, fs::perms::owner_write, fs::perm_options::add);
+  INFO(r.err);
+  CHECK(r.status == 0);
+  CHECK_THAT(r.out, Contains("fwht"));
+  CHECK(read_whole_file(db) == before);
+}
 
 TEST_CASE("hostile: --out never replaces a FIFO, directory or symlink, nor one of the inputs") {
   const fs::path dir = fresh_dir("out");
@@ -96,4 +169,31 @@ TEST_CASE("hostile: --out never replaces a FIFO, directory or symlink, nor one o
                    "--tokens", "2", "--out", model.string()}),
       {"--out is the same file as --model", model.string()});
   CHECK(read_whole_file(model) == model_bytes);
+}
+
+TEST_CASE("hostile: a foreign SQLite file is never written as --db or merge output") {
+  const fs::path dir = fresh_dir("foreign");
+  const fs::path db = results_db(dir);
+  const fs::path foreign = dir / "notes.db";
+  sqlite3* h = nullptr;
+  REQUIRE(sqlite3_open(foreign.c_str(), &h) == SQLITE_OK);
+  REQUIRE(sqlite3_exec(h, "CREATE TABLE notes (text); INSERT INTO notes VALUES ('mine')", nullptr,
+                       nullptr, nullptr) == SQLITE_OK);
+  sqlite3_close(h);
+  const std::string before = read_whole_file(foreign);
+  const std::string scenario = (dir / "s.toml").string();
+  for (const std::vector<std::string>& args :
+       {std::vector<std::string>{"run", scenario, "--db", foreign.string()},
+        std::vector<std::string>{"merge", db.string(), "-o", foreign.string()}}) {
+    INFO(args[0]);
+    require_one_line_error(kvq_in(dir, args), {foreign.string(), "not a kvq results store"});
+  }
+  CHECK(read_whole_file(foreign) == before);
+  CHECK(!fs::exists(dir / "notes.db-wal"));
+  // A merge that fails leaves no output file it created.
+  const fs::path out = dir / "merged.db";
+  require_one_line_error(kvq_in(dir, {"merge", db.string(), foreign.string(), "-o", out.string()}),
+                         {foreign.string()});
+  for (const char* suffix : {"", "-wal", "-shm", "-journal"})
+    CHECK(!fs::exists(out.string() + suffix));
 }

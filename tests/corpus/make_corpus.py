@@ -6,6 +6,7 @@ byte for byte (python3 tests/corpus/make_corpus.py). cases.tsv says what each mu
 """
 import json
 import os
+import sqlite3
 import struct
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -152,3 +153,20 @@ write("tok_259.bin", tokenizer(259))      # the checkpoint's vocabulary is 260
 write("tok_260.bin", tokenizer(260))
 write("tok_truncated.bin", tokenizer(260)[:-3])
 write("text.txt", b"hello hostile world\n")
+
+# --- results databases (SQLite) ---------------------------------------------------------------
+def database(name, sql):
+    path = os.path.join(HERE, name)
+    if os.path.exists(path):
+        os.remove(path)
+    db = sqlite3.connect(path)
+    db.executescript(sql)
+    db.commit()
+    db.close()
+
+
+# An empty kvq results store (results/schema.sql, schema version 1) that reports must not change.
+with open(os.path.join(HERE, "..", "..", "results", "schema.sql")) as f:
+    database("db_results.db", f.read() + "PRAGMA user_version = 1;")
+# Some other program's database: kvq must not add its tables to it.
+database("db_foreign.db", "CREATE TABLE notes (text TEXT); INSERT INTO notes VALUES ('mine');")
