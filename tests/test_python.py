@@ -244,7 +244,7 @@ def test_errors(path, kvq_bin, tmp):
     r = subprocess.run([kvq_bin, "apply", "--method", "nope", "--in", path, "--out",
                         os.path.join(tmp, "x.safetensors")], capture_output=True, text=True)
     ok, message = raises(lambda: kvq.MethodParams("nope"), "unknown method 'nope'")
-    check(ok and r.returncode == 2 and r.stderr.strip() == "kvq apply: " + message,
+    check(ok and r.returncode == 2 and r.stderr.strip() == "kvq: " + message,
           "unknown method: kvq.Error with the CLI's message", (message, r.stderr))
     check(raises(lambda: kvq.quantize(np.zeros((2, 4), np.float64), 2),
                  "quantize x: dtype float64, expected float32")[0], "float64 input refused")
