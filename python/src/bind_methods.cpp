@@ -186,6 +186,17 @@ void bind_applied(py::module_& m) {
       }, "float32 [T, H, d] reconstruction of V");
 }
 
+// Rows start .. size-1 of a reconstruction (a decode step re-reads only the rows that can still
+// change: the window and one pending group).
+py::array rows_from(const IncrementalCache& c, std::span<const float> all, int64_t start) {
+  const int64_t n = c.size();
+  if (start < 0 || start > n)
+    throw Error("incremental cache: start " + std::to_string(start) + " outside [0, " +
+                std::to_string(n) + "]");
+  const int64_t width = n ? static_cast<int64_t>(all.size()) / n : 0;
+  return output(std::vector<float>(all.begin() + start * width, all.end()), {n - start, width});
+}
+
 }  // namespace
 
 void bind_methods(py::module_& m) {
@@ -278,18 +289,12 @@ void bind_methods(py::module_& m) {
           "position 0 leaves keys() pre-RoPE), hidden_in [hidden] for rotatekv/KVSink; sink -1 "
           "lets the method decide, 0/1 forces it.")
       .def("__len__", &IncrementalCache::size)
-      .def("keys", [](const IncrementalCache& c) {
-        const std::span<const float> k = c.keys();
-        const int64_t n = c.size();
-        return output(std::vector<float>(k.begin(), k.end()),
-                      {n, n ? static_cast<int64_t>(k.size()) / n : 0});
-      }, "float32 [size, H_kv*d]: reconstructed K (post-RoPE unless appended at position 0)")
-      .def("values", [](const IncrementalCache& c) {
-        const std::span<const float> v = c.values();
-        const int64_t n = c.size();
-        return output(std::vector<float>(v.begin(), v.end()),
-                      {n, n ? static_cast<int64_t>(v.size()) / n : 0});
-      }, "float32 [size, H_kv*d]: reconstructed V")
+      .def("keys", [](const IncrementalCache& c, int64_t start) { return rows_from(c, c.keys(), start); },
+           py::arg("start") = 0,
+           "float32 [size - start, H_kv*d]: reconstructed K of tokens start.. (post-RoPE unless "
+           "appended at position 0)")
+      .def("values", [](const IncrementalCache& c, int64_t start) { return rows_from(c, c.values(), start); },
+           py::arg("start") = 0, "float32 [size - start, H_kv*d]: reconstructed V of tokens start..")
       .def("kept", &IncrementalCache::kept, py::arg("token"), "whether token is a fp16 sink")
       .def("k_storage", [](const IncrementalCache& c) { return storage_dict(c.k_storage()); })
       .def("v_storage", [](const IncrementalCache& c) { return storage_dict(c.v_storage()); });

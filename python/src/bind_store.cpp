@@ -1,7 +1,8 @@
-// Rows in the results store (harness/store.h), so `python -m kvq.ppl` writes runs and cases in
-// the schema `kvq report` reads, through the same code as `kvq ppl`.
+// What `python -m kvq.ppl` shares with `kvq ppl`: rows in the results store (harness/store.h),
+// in the schema `kvq report` reads, and the llama2.c tokenizer.
 #include <pybind11/stl.h>
 
+#include "harness/model/tokenizer.h"
 #include "harness/store.h"
 #include "python/src/arrays.h"
 #include "python/src/bindings.h"
@@ -38,6 +39,16 @@ void bind_store(py::module_& m) {
           py::arg("repro"), py::arg("measurements"),
           "one case with measurements [(backend, metric, value, unit)]; returns its id")
       .def("finish_run", &Store::finish_run, py::arg("run"), py::arg("status"));
+
+  // The tokenizer `kvq ppl` uses, so a llama2.c model converted to Hugging Face (kvq.llama2c)
+  // sees exactly kvq ppl's token ids.
+  py::class_<Tokenizer>(m, "Llama2Tokenizer", "llama2.c's tokenizer (.bin), kvq's encoder.")
+      .def(py::init(&Tokenizer::load), py::arg("path"))
+      .def_property_readonly("vocab_size", &Tokenizer::vocab_size)
+      .def("encode", [](const Tokenizer& t, const std::string& text) { return t.encode(text); },
+           py::arg("text"), "token ids of text (no BOS), as kvq ppl encodes its --text");
+  m.def("read_text_file", &read_text_file, py::arg("path"),
+        "a text file as kvq ppl reads it (kvq.Error naming the file when it cannot)");
 }
 
 }  // namespace kvq::py_bind
