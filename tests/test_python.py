@@ -276,6 +276,10 @@ def test_torch(rng):
     q = kvq.quantize(torch.from_numpy(x).T.contiguous().T, 2, group=32)
     check(same_bits(q.codes, kvq.quantize(x, 2, group=32).codes),
           "torch: non-contiguous CPU tensor")
+    if getattr(kvq._kvq, "cuda_built", False):
+        check(raises(lambda: kvq._kvq.cuda.fwht(torch.ones(4), 4),
+                     "fwht x: not a CUDA tensor (DLPack device type 1)")[0],
+              "cuda DLPack path: a CPU tensor is refused, naming its device")
     if not torch.cuda.is_available() or "cuda" not in kvq.available_backends():
         print("SKIP CUDA tensors: no GPU here")
         return

@@ -22,6 +22,7 @@
 
 #include "backends/cuda/cuda_error.h"
 #include "backends/cuda/device_buffer.h"
+#include "backends/cuda/device_quant.h"
 #include "backends/cuda/kernels.h"
 #include "reference/attention.h"
 #include "reference/error.h"
@@ -34,22 +35,9 @@ namespace kvq {
 namespace {
 
 using cuda::DeviceBuffer;
+using cuda::device_layout;
 
 bool is_pow2_size(int64_t n) { return n >= 2 && n <= 32768 && (n & (n - 1)) == 0; }
-
-cuda::DeviceQuantLayout device_layout(const GroupLayout& l, const QuantParams& p) {
-  cuda::DeviceQuantLayout d;
-  d.rows = l.rows;
-  d.cols = l.cols;
-  d.group = l.group;
-  d.groups_per_line = l.groups_per_line;
-  d.group_count = l.group_count;
-  d.bits = p.bits;
-  d.channel_axis = p.axis == Axis::Channel;
-  d.int_zero_point = p.zero_point == ZeroPoint::Int;
-  d.clip = p.clip;
-  return d;
-}
 
 // Device outputs of one quantization, downloaded into a Quantized (or the error of its lowest
 // failing group, worded as the reference's).
@@ -73,19 +61,10 @@ struct DeviceQuantized {
   }
 };
 
-std::string describe_group(const GroupLayout& l, int64_t i) {
-  const int64_t first = l.first_element(i);
-  return "group " + std::to_string(i) + " (row " + std::to_string(first / l.cols) + ", col " +
-         std::to_string(first % l.cols) + ", " + std::to_string(l.group_size(i)) + " elements)";
-}
-
 Quantized finish_quantized(DeviceQuantized& d, const GroupLayout& l, int64_t rows, int64_t cols,
                            const QuantParams& params, const std::string& what) {
   cuda::check(cudaDeviceSynchronize(), what.c_str());
-  const int64_t bad = d.bad.download()[0];
-  if (bad < l.group_count)
-    throw Error(what + ": " + describe_group(l, bad) +
-                ": scale or zero of the group overflows fp16");
+  cuda::check_bad_group(l, d.bad.download()[0], what);
   Quantized q;
   q.rows = rows;
   q.cols = cols;

@@ -89,8 +89,9 @@ def quantize(x, bits, group=128, axis="token", clip=1.0, zero_point="float", bac
 
 
 def dequantize(q, backend="ref"):
-    """float32 [rows, cols] reconstruction of a kvq.Quantized (numpy; for a
-    kvq._cuda.DeviceQuantized, a CUDA tensor)."""
+    """float32 [rows, cols] reconstruction of a kvq.Quantized (numpy), or of the
+    kvq._kvq.cuda.DeviceQuantized that quantize / rotate_quantize return for CUDA tensors (a
+    CUDA tensor; DeviceQuantized.to_host() gives the kvq.Quantized)."""
     if not isinstance(q, Quantized):
         return _device_op("dequantize", backend, q)(q)
     return _kvq.dequantize(q, backend)
