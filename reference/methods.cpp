@@ -337,7 +337,10 @@ Calibration calibrate(const std::vector<LayerTensors>& layers, const MethodParam
       const std::vector<float> rotated =
           rotate_k(t.k_pre_rope.subspan(0, static_cast<size_t>(n * t.shape.channels())), head,
                    RotationParams{params.head_group, {}});
-      out.k_perm.push_back(calibrate_permutation(rotated, n, t.shape.channels()));
+      std::vector<int32_t> perm(static_cast<size_t>(t.shape.channels()));
+      std::iota(perm.begin(), perm.end(), 0);
+      out.k_perm.push_back(params.reorder ? calibrate_permutation(rotated, n, t.shape.channels())
+                                          : std::move(perm));
       if (t.hidden_in.empty()) throw Error(name + ".hidden_in is missing (rotatekv pivots)");
       out.pivots.push_back(pivot_tokens(t.hidden_in, t.shape.tokens, t.hidden_size, params.pivot));
     }

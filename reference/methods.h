@@ -36,6 +36,8 @@ struct MethodParams {
   double outlier_fraction = 0.01;           // kvquant: top 1% magnitude per quantization group, §8
   int64_t first_tokens = 1;                 // kvquant: PFN N, SPEC.md §4
   double calibration_fraction = 0.5;        // rotatekv permutation: first half of the tokens, §2
+  bool reorder = true;  // rotatekv: false keeps the channel order (identity permutation): the
+                        // "FWHT only" ablation of docs/readme-studies.md
   float rope_theta = 10000.0f;
   PivotParams pivot;            // rotatekv sinks
   KvSinkParams kvsink;          // kvsink+kvquant sinks

@@ -93,6 +93,22 @@ size_t score_count(int64_t tokens, const SinkScoreParams& p) {
   return tokens >= p.tail ? static_cast<size_t>(tokens - p.tail + 1) : 0;
 }
 
+// median_t |h[t, c]| of every channel c (SPEC.md §4's median: element floor(T/2) ascending).
+std::vector<float> channel_medians(std::span<const float> hidden, int64_t tokens,
+                                   int64_t hidden_size) {
+  std::vector<float> out(static_cast<size_t>(hidden_size));
+  std::vector<float> column(static_cast<size_t>(tokens));
+  for (int64_t c = 0; c < hidden_size; ++c) {
+    for (int64_t t = 0; t < tokens; ++t)
+      column[static_cast<size_t>(t)] = std::fabs(hidden[static_cast<size_t>(t * hidden_size + c)]);
+    const size_t mid = column.size() / 2;
+    std::nth_element(column.begin(), column.begin() + static_cast<std::ptrdiff_t>(mid),
+                     column.end());
+    out[static_cast<size_t>(c)] = column[mid];
+  }
+  return out;
+}
+
 }  // namespace
 
 void check_hidden_shape(size_t size, int64_t tokens, int64_t hidden_size, const std::string& what) {
@@ -138,16 +154,43 @@ float median_floor(std::span<const float> values) {
   return sorted[mid];
 }
 
+MassiveRule parse_massive_rule(const std::string& name) {
+  if (name == "token") return MassiveRule::Token;
+  if (name == "channel") return MassiveRule::Channel;
+  throw Error("unknown massive-activation rule '" + name + "' (known: token, channel)");
+}
+
+const char* massive_rule_name(MassiveRule rule) {
+  return rule == MassiveRule::Channel ? "channel" : "token";
+}
+
 std::vector<MassiveToken> massive_tokens(std::span<const float> hidden, int64_t tokens,
                                          int64_t hidden_size, const MassiveParams& params) {
   check_massive_params(params, "massive_tokens");
   const TokenAbsmax a = token_absmax(hidden, tokens, hidden_size);
-  const float median = median_floor(a.absmax);
   std::vector<MassiveToken> out;
+  if (params.rule == MassiveRule::Token) {
+    const float median = median_floor(a.absmax);
+    for (int64_t t = 0; t < tokens; ++t) {
+      const auto i = static_cast<size_t>(t);
+      if (is_massive(a.absmax[i], median, params))
+        out.push_back({static_cast<int32_t>(t), a.absmax[i], a.argmax[i]});
+    }
+    return out;
+  }
+  const std::vector<float> median = channel_medians(hidden, tokens, hidden_size);
   for (int64_t t = 0; t < tokens; ++t) {
-    const auto i = static_cast<size_t>(t);
-    if (is_massive(a.absmax[i], median, params))
-      out.push_back({static_cast<int32_t>(t), a.absmax[i], a.argmax[i]});
+    int32_t channel = -1;
+    float best = 0.0f;
+    for (int64_t c = 0; c < hidden_size; ++c) {
+      const float v = std::fabs(hidden[static_cast<size_t>(t * hidden_size + c)]);
+      if (is_massive(v, median[static_cast<size_t>(c)], params) && (channel < 0 || v > best)) {
+        channel = static_cast<int32_t>(c);
+        best = v;
+      }
+    }
+    if (channel >= 0)
+      out.push_back({static_cast<int32_t>(t), a.absmax[static_cast<size_t>(t)], channel});
   }
   return out;
 }
@@ -218,14 +261,21 @@ KvSinkCalibration calibrate_kvsink(const std::vector<std::span<const float>>& la
   if (found.layer < 0) return out;
   out.layer = found.layer;
   const std::span<const float> h = layers[static_cast<size_t>(found.layer)];
-  const TokenAbsmax a = token_absmax(h, tokens, hidden_size);
-  const float median = median_floor(a.absmax);
+  // The reference each |h[t, c]| is compared with: the median token's max (token rule) or
+  // the channel's own median (channel rule).
+  std::vector<float> median;
+  if (params.massive.rule == MassiveRule::Channel) {
+    median = channel_medians(h, tokens, hidden_size);
+  } else {
+    median.assign(static_cast<size_t>(hidden_size),
+                  median_floor(token_absmax(h, tokens, hidden_size).absmax));
+  }
   // Largest qualifying |h| per channel over the massive tokens (0 = channel not qualifying).
   std::vector<float> strength(static_cast<size_t>(hidden_size), 0.0f);
   for (int32_t t : found.tokens)
     for (int64_t c = 0; c < hidden_size; ++c) {
       const float v = std::fabs(h[static_cast<size_t>(t * hidden_size + c)]);
-      if (is_massive(v, median, params.massive))
+      if (is_massive(v, median[static_cast<size_t>(c)], params.massive))
         strength[static_cast<size_t>(c)] = std::max(strength[static_cast<size_t>(c)], v);
     }
   std::vector<int32_t> channels;

@@ -268,3 +268,25 @@ TEST_CASE("methods: bad inputs are errors naming the tensor") {
   CHECK(cache.size() == 0);
   CHECK_THROWS_AS(IncrementalCache(rtn, 0, D, 0, 1, {}), Error);
 }
+
+TEST_CASE("methods: rotatekv reorder = false keeps the channel order, reorder = true moves it") {
+  const Layer layer(256);
+  MethodParams p = params_for(Method::RotateKv, 2);
+  const Calibration sorted = calibrate({layer.view()}, p);
+  std::vector<int32_t> identity(static_cast<size_t>(C));
+  for (int32_t c = 0; c < C; ++c) identity[static_cast<size_t>(c)] = c;
+  // The planted outlier channels 5 and 77 make the ascending signed-sum order differ from 0..C-1.
+  REQUIRE(sorted.k_perm.size() == 1);
+  CHECK(sorted.k_perm[0] != identity);
+  p.reorder = false;
+  const Calibration plain = calibrate({layer.view()}, p);
+  CHECK(plain.k_perm[0] == identity);
+  CHECK(plain.pivots == sorted.pivots);  // the pivots do not depend on the reordering
+  // Without reordering, K's stored codes are those of the rotated rows in channel order: the
+  // same as apply with the sorted calibration whose permutation is replaced by the identity.
+  Calibration swapped = sorted;
+  swapped.k_perm[0] = identity;
+  MethodParams with = params_for(Method::RotateKv, 2);
+  CHECK(apply_method(layer.view(), 0, 1, plain, p).k.dequant ==
+        apply_method(layer.view(), 0, 1, swapped, with).k.dequant);
+}

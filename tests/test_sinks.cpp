@@ -256,3 +256,40 @@ TEST_CASE("sinks: tiny-moe recording: BOS tokens are the massive ones, ground tr
   for (double x : s.score) CHECK(std::isfinite(x));
   for (int32_t j : s.sinks) CHECK(s.score[static_cast<size_t>(j)] >= 5.0);
 }
+
+TEST_CASE("sinks: the channel rule finds a token large on one channel that the token rule misses") {
+  // T = 5, D = 3. Channel 0 is 50 for every token, so every token's max is >= 50 and the token
+  // rule's median is 50: token 2's 150 on channel 1 is only 3x it. Channel 1's own median is 1
+  // ([1, 1, 1, 1, 150] ascending, element 2), so 150 >= 100 * 1 and >= tau_abs = 100.
+  const int64_t T = 5, D = 3;
+  std::vector<float> h = {50, 1, 1,  50, 1, 1,  50, -150, 120,  50, 1, 1,  50, 1, 1};
+  CHECK(massive_tokens(h, T, D).empty());  // token rule, defaults tau_abs = tau_rel = 100
+  MassiveParams channel;
+  channel.rule = MassiveRule::Channel;
+  const std::vector<MassiveToken> m = massive_tokens(h, T, D, channel);
+  REQUIRE(m.size() == 1);
+  CHECK(m[0].token == 2);
+  CHECK(m[0].absmax == 150.0f);
+  CHECK(m[0].channel == 1);  // the largest qualifying channel: 150 on 1 beats 120 on 2
+  // Channel 0 (50 everywhere) never qualifies: under tau_abs, and 50 < 100 * median 50.
+  MassiveParams loose = channel;
+  loose.tau_abs = 10.0f;
+  CHECK(massive_tokens(h, T, D, loose).size() == 1);
+  // The token rule finds it once tau_rel <= 150 / 50 = 3.
+  MassiveParams token3;
+  token3.tau_rel = 3.0f;
+  CHECK(massive_tokens(h, T, D, token3).size() == 1);
+  token3.tau_rel = 3.01f;
+  CHECK(massive_tokens(h, T, D, token3).empty());
+  // KVSink calibration follows the rule: l* = 0, C* = {1, 2} by strength (150, then 120).
+  KvSinkParams kv;
+  kv.massive = channel;
+  const std::vector<std::span<const float>> spans{h};
+  const KvSinkCalibration c = calibrate_kvsink(spans, T, D, kv);
+  CHECK(c.layer == 0);
+  CHECK(c.channels == std::vector<int32_t>{1, 2});
+  CHECK(calibrate_kvsink(spans, T, D).layer == -1);
+  CHECK(parse_massive_rule("channel") == MassiveRule::Channel);
+  CHECK(std::string(massive_rule_name(MassiveRule::Token)) == "token");
+  CHECK_THROWS_AS(parse_massive_rule("tokens"), Error);
+}
