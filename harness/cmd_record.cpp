@@ -18,7 +18,7 @@ namespace kvq {
 int cmd_record(int argc, char** argv) {
   namespace po = boost::program_options;
   Llama2Inputs inputs;
-  std::string out_path;
+  std::string out_path, dtype = "f32";
   int64_t tokens = 0;
   po::options_description options(
       "kvq record --model M --tokenizer T --text FILE --tokens N --out REC.safetensors\n"
@@ -26,12 +26,16 @@ int cmd_record(int argc, char** argv) {
       "cache)");
   add_llama2_input_options(options, inputs)("tokens", po::value(&tokens)->required(),
                                             "tokens to record, BOS included (<= seq_len)")(
-      "out", po::value(&out_path)->required(), "output .safetensors");
+      "out", po::value(&out_path)->required(), "output .safetensors")(
+      "dtype", po::value(&dtype)->default_value(dtype),
+      "f32, or f16 (half the size; every value rounded to nearest even)");
   if (!parse_subcommand_options(argc, argv, options, "record: ")) return 0;  // --help
 
   check_output_path("--out", out_path,
                     {{"--model", inputs.model}, {"--tokenizer", inputs.tokenizer},
                      {"--text", inputs.text}});
+  if (dtype != "f32" && dtype != "f16")
+    throw Error("record: --dtype '" + dtype + "': expected f32 or f16");
   const Model model = Model::load(inputs.model);
   const Tokenizer tokenizer = Tokenizer::load(inputs.tokenizer);
   require_matching_tokenizer(model, tokenizer);
@@ -52,7 +56,7 @@ int cmd_record(int argc, char** argv) {
                  static_cast<long long>(total));
   });
   for (size_t i = 1; i < ids.size(); ++i) rec.text += tokenizer.decode(ids[i - 1], ids[i]);
-  write_recording(out_path, rec);
+  write_recording(out_path, rec, dtype == "f16" ? DType::F16 : DType::F32);
   std::printf("recorded %lld tokens x %d layers of %s into %s\n", static_cast<long long>(tokens),
               model.config().n_layers, model.name().c_str(), out_path.c_str());
   return 0;

@@ -2,7 +2,9 @@
 #include <boost/program_options.hpp>
 #include <cstdio>
 #include <optional>
+#include <string>
 #include <sstream>
+#include <vector>
 
 #include "harness/cli_options.h"
 #include "harness/commands.h"
@@ -44,6 +46,7 @@ int run_or_gate(int argc, char** argv, bool gate) {
                                           "writes SQLite.\n") +
                                   "Scenario keys: docs/scenario-format.md.\n\nOptions");
   std::string scenario_path, backends, shard;
+  std::vector<std::string> var_args;
   RunOptions run;
   options.add_options()("help,h", "this help")("db", po::value(&run.db)->default_value(run.db),
                                                "results database (SQLite, WAL)")(
@@ -53,7 +56,10 @@ int run_or_gate(int argc, char** argv, bool gate) {
                                                    "regex on case names, e.g. '^quantize/'")(
       "list", "print the expanded case names (after --shard and --filter) and exit")(
       "shard", po::value(&shard),
-      "i/n: only the cases whose index is i mod n (e.g. a Slurm array task; kvq merge)");
+      "i/n: only the cases whose index is i mod n (e.g. a Slurm array task; kvq merge)")(
+      "var", po::value(&var_args)->composing(),
+      "NAME=VALUE: fills ${NAME} in the scenario's strings, e.g. --var "
+      "model=/data/gutenberg-llama.bin (repeatable)");
   const std::optional<po::variables_map> vm = parse_subcommand_options(
       argc, argv, options, "", PositionalArguments{"scenario", po::value(&scenario_path), 1});
   if (!vm) return 0;  // --help
@@ -64,7 +70,14 @@ int run_or_gate(int argc, char** argv, bool gate) {
   if (!shard.empty()) parse_shard(shard, run);
   run.command = command_line(argc, argv);
 
-  const Scenario scenario = load_scenario(scenario_path);
+  ScenarioVars vars;
+  for (const std::string& v : var_args) {
+    const size_t eq = v.find('=');
+    if (eq == 0 || eq == std::string::npos)
+      throw Error("--var '" + v + "': expected NAME=VALUE, e.g. --var model=/data/model.bin");
+    vars[v.substr(0, eq)] = v.substr(eq + 1);
+  }
+  const Scenario scenario = load_scenario(scenario_path, vars);
   if (vm->count("list")) {
     for (const ScenarioCase* c : select_cases(scenario, run)) std::printf("%s\n", c->name.c_str());
     return 0;

@@ -46,7 +46,7 @@ int cmd_sinks(int argc, char** argv) {
   namespace po = boost::program_options;
   SinkStudyParams p;
   StudyInputs in;
-  std::string pfn = "1,4";
+  std::string pfn = "1,4", rule = "token";
   po::options_description options(
       "kvq sinks REC.safetensors [options]\n\nScores the sink predictors of SPEC.md §4 (PFN, "
       "massive activations, pivot tokens, KVSink) against the attention-mass ground truth "
@@ -58,12 +58,16 @@ int cmd_sinks(int argc, char** argv) {
       "tau-abs", po::value(&p.massive.tau_abs)->default_value(p.massive.tau_abs),
       "massive if max|h| >= this (SPEC.md §4; also finds KVSink's l*, C*)")(
       "tau-rel", po::value(&p.massive.tau_rel)->default_value(p.massive.tau_rel),
-      "and max|h| >= this x the median token")(
+      "and max|h| >= this x the median token (token rule) or the channel's median (channel)")(
+      "massive-rule", po::value(&rule)->default_value(rule),
+      "token (SPEC.md §4: a token's max |h| against the median token's) or channel (each "
+      "|h[t,c]| against channel c's median over the tokens)")(
       "tau-k", po::value(&p.kvsink.tau_k)->default_value(p.kvsink.tau_k),
       "KVSink: sink if max over C* >= this x the median")(
       "top", po::value(&p.top)->default_value(p.top), "print the scores of the top N tokens");
   if (!parse_study_options(argc, argv, options, in)) return 0;  // --help
   p.pfn = parse_list(pfn, "pfn");
+  p.massive.rule = parse_massive_rule(rule);
 
   const SafetensorsFile file = SafetensorsFile::open(in.recording);
   const SinkStudy study = run_sink_study(file, p);

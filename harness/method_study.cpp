@@ -36,6 +36,13 @@ MethodParams method_params(const ScenarioCase& c) {
   params.zero_point =
       case_string(c, "zero_point", "float") == "int" ? ZeroPoint::Int : ZeroPoint::Float;
   params.head_group = static_cast<int>(case_int(c, "head_group", params.head_group));
+  // The knobs of docs/readme-studies.md's equal-bits study and ablations.
+  params.outlier_fraction = case_double(c, "outlier_fraction", params.outlier_fraction);
+  params.first_tokens = case_int(c, "first_tokens", params.first_tokens);
+  params.pivot.top_k = case_int(c, "pivots", params.pivot.top_k);
+  params.reorder = case_bool(c, "reorder", params.reorder);
+  const MassiveRule rule = parse_massive_rule(case_string(c, "massive_rule", "token"));
+  params.pivot.massive.rule = params.kvsink.massive.rule = rule;
   return params;
 }
 

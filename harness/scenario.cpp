@@ -3,8 +3,10 @@
 #include <toml++/toml.h>
 
 #include <algorithm>
+#include <cctype>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <optional>
 #include <set>
@@ -57,9 +59,13 @@ nlohmann::json study_scalar(const StudyKey& key, const toml::node& node, const s
     case KeyType::Bool:
       if (!node.is_boolean()) throw Error(where + ": expected true or false");
       return *node.value<bool>();
-    case KeyType::String:
+    case KeyType::String: {
       if (!node.is_string()) throw Error(where + ": expected a string");
-      return *node.value<std::string>();
+      const std::string v = *node.value<std::string>();
+      if (key.name == "massive_rule" && v != "token" && v != "channel")
+        throw Error(where + ": expected \"token\" or \"channel\" (got '" + v + "')");
+      return v;
+    }
     case KeyType::Path: {
       if (!node.is_string()) throw Error(where + ": expected a file path (a string)");
       const std::filesystem::path file = folder / *node.value<std::string>();
@@ -280,12 +286,63 @@ std::vector<nlohmann::json> recording_layers(const std::string& file, const std:
   return layers;
 }
 
+bool variable_char(char ch, bool first) {
+  return ch == '_' || std::isalpha(static_cast<unsigned char>(ch)) ||
+         (!first && std::isdigit(static_cast<unsigned char>(ch)));
+}
+
+// The file's text with `${NAME}` replaced inside double-quoted strings (comments and keys are
+// left alone), the value escaped for a TOML basic string. Lines keep their numbers.
+std::string substitute_variables(const std::string& path, const std::string& text,
+                                 const ScenarioVars& vars) {
+  std::string out;
+  out.reserve(text.size());
+  bool quoted = false, comment = false;
+  uint32_t line = 1, column = 1;
+  for (size_t i = 0; i < text.size(); ++i, ++column) {
+    const char ch = text[i];
+    if (ch == '\n') {
+      quoted = comment = false;
+      ++line;
+      column = 0;
+    } else if (!quoted && ch == '#') {
+      comment = true;
+    } else if (!comment && ch == '"' && (i == 0 || text[i - 1] != '\\')) {
+      quoted = !quoted;
+    } else if (quoted && ch == '$' && i + 1 < text.size() && text[i + 1] == '{') {
+      size_t end = i + 2;
+      while (end < text.size() && variable_char(text[end], end == i + 2)) ++end;
+      const std::string name = text.substr(i + 2, end - i - 2);
+      if (name.empty() || end >= text.size() || text[end] != '}')
+        throw Error(path + ":" + std::to_string(line) + ":" + std::to_string(column) +
+                    ": '${' must start a variable ${NAME} (letters, digits, '_')");
+      const auto value = vars.find(name);
+      if (value == vars.end())
+        throw Error(path + ":" + std::to_string(line) + ":" + std::to_string(column) +
+                    ": variable '" + name + "' is not set (give --var " + name + "=VALUE)");
+      for (const char v : value->second) {
+        if (v == '\\' || v == '"') out += '\\';
+        out += v;
+      }
+      column += static_cast<uint32_t>(end - i);
+      i = end;
+      continue;
+    }
+    out += ch;
+  }
+  return out;
+}
+
 }  // namespace
 
-Scenario load_scenario(const std::string& path) {
+Scenario load_scenario(const std::string& path, const ScenarioVars& vars) {
+  if (std::filesystem::is_directory(path)) throw Error(path + ": is a directory, not a scenario file");
+  std::ifstream file(path, std::ios::binary);
+  if (!file) throw Error(path + ": cannot open the scenario file");
+  const std::string text((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
   toml::table root;
   try {
-    root = toml::parse_file(path);
+    root = toml::parse(substitute_variables(path, text, vars), path);
   } catch (const toml::parse_error& e) {
     const toml::source_position at = e.source().begin;
     throw Error(path + ":" + std::to_string(at.line) + ":" + std::to_string(at.column) + ": " +

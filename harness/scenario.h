@@ -3,6 +3,7 @@
 // names FILE:LINE and the key.
 #pragma once
 
+#include <map>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -23,7 +24,11 @@ struct Scenario {
   std::vector<ScenarioCase> cases;
 };
 
-Scenario load_scenario(const std::string& path);
+// `vars` fill `${NAME}` inside the file's quoted strings (`kvq run --var NAME=VALUE`), so a
+// scenario names a file outside the repository (a 61 MB model) without writing its path; a
+// `${NAME}` with no value is an error naming FILE:LINE:COLUMN and the variable.
+using ScenarioVars = std::map<std::string, std::string>;
+Scenario load_scenario(const std::string& path, const ScenarioVars& vars = {});
 
 // Typed access to an expanded case's parameters with the documented defaults.
 int64_t case_int(const ScenarioCase& c, const std::string& key, int64_t fallback);

@@ -32,6 +32,7 @@ StudyOutcome sinks_op(const ScenarioCase& c) {
   p.pfn = {case_int(c, "pfn", 1)};  // SPEC.md §4 default N = 1; a scenario sweeps [1, 4]
   p.massive.tau_abs = static_cast<float>(case_double(c, "tau_abs", p.massive.tau_abs));
   p.massive.tau_rel = static_cast<float>(case_double(c, "tau_rel", p.massive.tau_rel));
+  p.massive.rule = parse_massive_rule(case_string(c, "massive_rule", "token"));
   p.kvsink.tau_k = static_cast<float>(case_double(c, "tau_k", p.kvsink.tau_k));
   const std::string path = case_recording(c);
   const SinkStudy s = [&] {

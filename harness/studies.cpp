@@ -21,10 +21,18 @@ const StudyKey kText{"text", KeyType::Path};
 // SPEC.md §4 massive-activation criterion, read by sinks and experts.
 const StudyKey kTauAbs{"tau_abs", KeyType::Double};
 const StudyKey kTauRel{"tau_rel", KeyType::Double};
+const StudyKey kMassiveRule{"massive_rule", KeyType::String};  // "token" (default) or "channel"
 
 // Each study's own keys (docs/scenario-format.md "Study ops and their keys").
-const std::vector<StudyKey> kMethodKeys = {
-    kModel, kTokenizer, kText, {"ppl_tokens", KeyType::Int}, {"ppl_window", KeyType::Int}};
+const std::vector<StudyKey> kMethodKeys = {kModel,
+                                           kTokenizer,
+                                           kText,
+                                           {"ppl_tokens", KeyType::Int},
+                                           {"ppl_window", KeyType::Int},
+                                           {"outlier_fraction", KeyType::Double},
+                                           {"first_tokens", KeyType::Int},
+                                           {"pivots", KeyType::Int},
+                                           kMassiveRule};
 const std::vector<StudyKey> kSinksKeys = {kModel,
                                           kTokenizer,
                                           kText,
@@ -32,7 +40,8 @@ const std::vector<StudyKey> kSinksKeys = {kModel,
                                           {"pfn", KeyType::Int},
                                           kTauAbs,
                                           kTauRel,
-                                          {"tau_k", KeyType::Double}};
+                                          {"tau_k", KeyType::Double},
+                                          kMassiveRule};
 const std::vector<StudyKey> kExpertsKeys = {{"include_layers", KeyType::Double}, kTauAbs, kTauRel};
 
 }  // namespace

@@ -537,6 +537,9 @@ bool IncrementalCache::State::decide(const TokenRows& rows) {
       bool pivot = false;
       for (const auto& e : top) pivot = pivot || e.second == t;
       if (pivot && params.pivot.pivot_requires_massive) {
+        // The channel rule needs every earlier row's channels: whole-layer apply only.
+        if (params.pivot.massive.rule != MassiveRule::Token)
+          throw Error("incremental cache: pivot_requires_massive supports the token rule only");
         const float median = median_floor(absmax);
         pivot = a >= params.pivot.massive.tau_abs && a >= params.pivot.massive.tau_rel * median;
       }

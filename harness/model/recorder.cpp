@@ -1,10 +1,13 @@
 #include "harness/model/recorder.h"
 
+#include <cmath>
+#include <deque>
 #include <map>
 #include <nlohmann/json.hpp>
 
 #include "harness/safetensors.h"
 #include "reference/error.h"
+#include "reference/half.h"
 
 namespace kvq {
 
@@ -44,13 +47,16 @@ Recording record_activations(const Model& model, std::span<const int32_t> tokens
   return rec;
 }
 
-void write_recording(const std::string& path, const Recording& rec) {
+void write_recording(const std::string& path, const Recording& rec, DType dtype) {
+  if (dtype != DType::F32 && dtype != DType::F16)
+    throw Error("record: a recording is written as f32 or f16");
   const ModelConfig& c = rec.config;
   const int64_t T = rec.size(), d = c.head_dim();
   const Shape kv_shape = {T, c.n_kv_heads, d};
   const Shape q_shape = {T, c.n_heads, d};
   const Shape hidden_shape = {T, c.dim};
   std::vector<NamedTensor> tensors;
+  std::deque<std::vector<uint16_t>> halves;  // F16 copies, alive until written
   for (size_t i = 0; i < rec.layers.size(); ++i) {
     const LayerRecording& l = rec.layers[i];
     const std::string prefix = "layers." + std::to_string(i) + ".";
@@ -59,7 +65,18 @@ void write_recording(const std::string& path, const Recording& rec) {
         throw Error("record: " + prefix + name + " holds " + std::to_string(data.size()) +
                     " values, shape " + shape_string(shape) + " needs " +
                     std::to_string(shape_numel(shape)));
-      tensors.push_back({prefix + name, TensorView{data.data(), DType::F32, shape}});
+      if (dtype == DType::F32) {
+        tensors.push_back({prefix + name, TensorView{data.data(), DType::F32, shape}});
+        return;
+      }
+      std::vector<uint16_t>& h = halves.emplace_back(data.size());
+      for (size_t j = 0; j < data.size(); ++j) {
+        h[j] = float_to_half(data[j]);
+        if (!std::isfinite(half_to_float(h[j])))
+          throw Error("record: " + prefix + name + "[" + std::to_string(j) + "] = " +
+                      std::to_string(data[j]) + " is beyond fp16's range; record as f32");
+      }
+      tensors.push_back({prefix + name, TensorView{h.data(), DType::F16, shape}});
     };
     add("hidden_in", l.hidden_in, hidden_shape);
     add("q", l.q, q_shape);

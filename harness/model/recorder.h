@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "harness/model/llama2.h"
+#include "reference/tensor.h"
 
 namespace kvq {
 
@@ -32,7 +33,10 @@ struct Recording {
 Recording record_activations(const Model& model, std::span<const int32_t> tokens,
                              const std::function<void(int64_t, int64_t)>& progress = {});
 
-// Writes the recording as safetensors (atomically, harness/safetensors.h).
-void write_recording(const std::string& path, const Recording& recording);
+// Writes the recording as safetensors (atomically, harness/safetensors.h), every tensor as
+// `dtype`: F32, or F16 (round to nearest even; a value beyond fp16's range is an error naming the
+// tensor and index), which halves the file for a recording shipped in data/.
+void write_recording(const std::string& path, const Recording& recording,
+                     DType dtype = DType::F32);
 
 }  // namespace kvq
