@@ -82,7 +82,13 @@ const PplSource& ppl_source(const std::string& model_path, const std::string& to
 // first `ppl_tokens` ids (default all) in chunks of BOS + ppl_window - 1 (default W = 256), the
 // method's calibration on the fp32 activations of the first chunk. The fp32 baseline is computed
 // once per (model, tokenizer, text, ppl_tokens, ppl_window) in the process.
-std::pair<double, double> case_perplexity(const ScenarioCase& c, const MethodParams& params) {
+// ppl, ppl_fp32 and the bits per element of the cache the perplexity ran with (every chunk's K
+// and V of every layer; it differs from the recording's bits_per_element where a method keeps a
+// share of tokens that depends on the length, as KIVI's window R does).
+struct CasePpl {
+  double ppl = 0.0, ppl_fp32 = 0.0, bits_per_element = 32.0;
+};
+CasePpl case_perplexity(const ScenarioCase& c, const MethodParams& params) {
   for (const char* key : {"tokenizer", "text"})
     if (!c.params.contains(key))
       throw Error(c.where + ": key '" + key + "': perplexity (key 'model') needs model, " +
@@ -111,11 +117,11 @@ std::pair<double, double> case_perplexity(const ScenarioCase& c, const MethodPar
         perplexity(model, chunks, [&] { return std::make_unique<Fp32KvCache>(config.n_layers); });
     base = baselines.emplace(key, fp32.ppl()).first;
   }
-  if (params.method == Method::Fp32) return {base->second, base->second};
+  if (params.method == Method::Fp32) return {base->second, base->second, 32.0};
   const Calibration calibration = calibrate_for_ppl(model, chunks.front(), params);
   const PplResult got =
       perplexity(model, chunks, [&] { return make_method_cache(config, params, calibration); });
-  return {got.ppl(), base->second};
+  return {got.ppl(), base->second, got.bits_per_element()};
 }
 
 std::string number(double v) {
@@ -244,9 +250,10 @@ StudyOutcome method_study(const ScenarioCase& c) {
   out.note = "kv_nmse " + number(kv) + ", attention " + number(m.attention_rel_error) + ", kl " +
              number(kl) + ", bits/elem " + number(bits);
   if (c.params.contains("model")) {
-    const auto [ppl, ppl_fp32] = case_perplexity(c, params);
+    const auto [ppl, ppl_fp32, ppl_bits] = case_perplexity(c, params);
     out.measurements.push_back({"ref", "ppl", ppl, "", 1, 0.0});
     out.measurements.push_back({"ref", "ppl_fp32", ppl_fp32, "", 1, 0.0});
+    out.measurements.push_back({"ref", "ppl_bits_per_element", ppl_bits, "bits", 1, 0.0});
     out.note += ", ppl " + number(ppl) + " (fp32 " + number(ppl_fp32) + ")";
   }
   return out;

@@ -147,3 +147,40 @@ TEST_CASE("record: more tokens than seq_len or than the text holds is an error")
                     Catch::Contains("short.txt"));
   CHECK(!std::filesystem::exists(out.path));
 }
+
+TEST_CASE("record: --dtype f16 writes every tensor as fp16, rounded to nearest even") {
+  // dim 4, 2 query heads of 2, 1 KV head: hidden_in [2, 4], q [2, 2, 2], k/v [2, 1, 2].
+  kvq::Recording rec;
+  rec.config.dim = 4;
+  rec.config.hidden_dim = 8;
+  rec.config.n_layers = 1;
+  rec.config.n_heads = 2;
+  rec.config.n_kv_heads = 1;
+  rec.config.vocab_size = 8;
+  rec.config.seq_len = 2;
+  rec.model = "hand";
+  rec.tokens = {1, 5};
+  // 1 + 2^-11 is halfway between 1 and 1 + 2^-10: ties to the even 1. 1 + 3 * 2^-11 is halfway
+  // between 1 + 2^-10 and 1 + 2^-9: ties to the even 1 + 2^-9. The others are exact in fp16.
+  const float tie_down = 1.0f + 0x1p-11f, tie_up = 1.0f + 3 * 0x1p-11f;
+  kvq::LayerRecording l;
+  l.hidden_in = {0.5f, -3.25f, 1024.0f, tie_down, tie_up, 0.0f, -0.0f, 65504.0f};
+  l.q = {1, 2, 3, 4, 5, 6, 7, 8};
+  l.k_pre_rope = {tie_down, 2, 3, 4};
+  l.k = {1, 2, 3, 4};
+  l.v = {-1, -2, tie_up, -4};
+  rec.layers = {l};
+  TempFile out("f16.safetensors");
+  kvq::write_recording(out.path.string(), rec, kvq::DType::F16);
+  const kvq::SafetensorsFile f = kvq::SafetensorsFile::open(out.path.string());
+  CHECK(f.view("layers.0.v").dtype == kvq::DType::F16);
+  CHECK(f.view("layers.0.hidden_in").dtype == kvq::DType::F16);
+  CHECK(f.read_f32("layers.0.hidden_in") ==
+        std::vector<float>{0.5f, -3.25f, 1024.0f, 1.0f, 1.0f + 0x1p-9f, 0.0f, -0.0f, 65504.0f});
+  CHECK(f.read_f32("layers.0.k_pre_rope") == std::vector<float>{1, 2, 3, 4});
+  CHECK(f.read_f32("layers.0.v") == std::vector<float>{-1, -2, 1.0f + 0x1p-9f, -4});
+  // Beyond fp16's range (65520 and up round to inf): an error naming the tensor and index.
+  rec.layers[0].q[3] = 70000.0f;
+  CHECK_THROWS_WITH(kvq::write_recording(out.path.string(), rec, kvq::DType::F16),
+                    Catch::Contains("layers.0.q[3]") && Catch::Contains("fp16"));
+}

@@ -264,3 +264,37 @@ TEST_CASE("scenario: q_heads must be a multiple of heads and top_k at most exper
             load_error("topk", "[[case]]\nop = \"expert_statistics\"\nexperts = 2\ntop_k = 3\n"),
             "topk", 4, "'top_k'") == "");
 }
+
+TEST_CASE("scenario: ${NAME} in a string takes --var's value; an unset one names file:line:col") {
+  const fs::path dir = fresh_dir("vars");
+  write_file(dir, "model \"q\".bin", "x");  // a value with a quote and a space
+  const std::string text =
+      "# ${not_a_variable} in a comment is left alone\n"
+      "[[case]]\n"
+      "name = \"m\"\n"
+      "op = \"method\"\n"
+      "method = \"rtn\"\n"
+      "model = \"${dir}/${file}\"\n"
+      "tokenizer = \"${file}\"\n"
+      "text = \"${file}\"\n";
+  const std::string path = write_file(dir, "vars.toml", text);
+  const kvq::Scenario s =
+      kvq::load_scenario(path, {{"dir", dir.string()}, {"file", "model \"q\".bin"}});
+  REQUIRE(s.cases.size() == 1);
+  CHECK(s.cases[0].params.at("model").get<std::string>() ==
+        (dir / "model \"q\".bin").string());
+  try {
+    kvq::load_scenario(path, {{"dir", dir.string()}});
+    FAIL("no error for an unset variable");
+  } catch (const kvq::Error& e) {
+    CHECK_THAT(e.what(), Contains(path + ":6:") && Contains("variable 'file' is not set") &&
+                             Contains("--var file=VALUE"));
+  }
+  CHECK_THAT(load_error("vars_syntax", "[[case]]\nop = \"fwht\"\nname = \"${}\"\n"),
+             Contains("bad.toml:3:") && Contains("${NAME}"));
+}
+
+TEST_CASE("scenario: massive_rule is token or channel, checked at load time") {
+  CHECK_THAT(load_error("massive_rule", "[[case]]\nop = \"sinks\"\nmassive_rule = \"median\"\n"),
+             Contains("bad.toml:3:") && Contains("massive_rule") && Contains("channel"));
+}
