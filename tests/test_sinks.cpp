@@ -293,3 +293,40 @@ TEST_CASE("sinks: the channel rule finds a token large on one channel that the t
   CHECK(std::string(massive_rule_name(MassiveRule::Token)) == "token");
   CHECK_THROWS_AS(parse_massive_rule("tokens"), Error);
 }
+
+TEST_CASE("sinks: gutenberg-llama recording: BOS is the sink; the channel rule finds it, the token rule at 100 does not") {
+  // Expected values measured independently (numpy over the fp32 recording, data/SOURCES.md):
+  // BOS's max |h| is 414-473 on channel 107 in layers 1-4, 29-57x the median token's max and
+  // 125-233x channel 107's median; layer 0 has no value above 1.02.
+  const auto path = kvq::testing::data_file("gutenberg-llama-256.safetensors");
+  const SafetensorsFile f = SafetensorsFile::open(path.string());
+  std::vector<std::vector<float>> q, k, h;
+  for (int l = 0; f.has("layers." + std::to_string(l) + ".q"); ++l) {
+    const std::string b = "layers." + std::to_string(l) + ".";
+    q.push_back(f.read_f32(b + "q"));
+    k.push_back(f.read_f32(b + "k"));
+    h.push_back(f.read_f32(b + "hidden_in"));
+  }
+  REQUIRE(h.size() == 5);
+  const std::vector<std::span<const float>> hs(h.begin(), h.end());
+  CHECK(massive_activation_sinks(hs, 256, 512).layer == -1);  // token rule, tau_rel 100
+  const LayerSinks at50 = massive_activation_sinks(hs, 256, 512, {100.0f, 50.0f});
+  CHECK(at50.layer == 1);  // 57x at layer 1
+  CHECK(at50.tokens == std::vector<int32_t>{0});
+  MassiveParams channel;
+  channel.rule = MassiveRule::Channel;
+  for (int l = 1; l < 5; ++l) {
+    const std::vector<MassiveToken> m = massive_tokens(h[static_cast<size_t>(l)], 256, 512, channel);
+    INFO("layer " << l);
+    REQUIRE(m.size() == 1);
+    CHECK(m[0].token == 0);
+    CHECK(m[0].channel == 107);
+    CHECK(m[0].absmax > 400.0f);
+  }
+  CHECK(massive_tokens(h[0], 256, 512, channel).empty());
+  // The attention-mass ground truth (fp64 from q and k): BOS alone is a sink.
+  const std::vector<std::span<const float>> qs(q.begin(), q.end()), ks(k.begin(), k.end());
+  const SinkScores s = sink_ground_truth(qs, ks, 256, 4, 4, 128);
+  CHECK(s.sinks == std::vector<int32_t>{0});
+  CHECK(s.score[0] > 10.0);
+}
