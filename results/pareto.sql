@@ -7,7 +7,7 @@
 WITH chosen AS (
   SELECT coalesce(:run, (SELECT max(c.run_id) FROM cases c
                          JOIN measurements m ON m.case_id = c.id
-                         WHERE c.op = 'method' AND m.metric = 'ppl_bits_per_element')) AS id
+                         WHERE json_extract(c.params_json, '$.op') = 'method' AND m.metric = 'ppl_bits_per_element')) AS id
 ),
 points AS (
   SELECT c.id, c.name, json_extract(c.params_json, '$.method') AS method,
@@ -16,7 +16,7 @@ points AS (
          max(CASE WHEN m.metric = 'ppl_bits_per_element' THEN m.value END) AS bits
   FROM cases c JOIN chosen ON c.run_id = chosen.id
   JOIN measurements m ON m.case_id = c.id AND m.backend = 'ref'
-  WHERE c.op = 'method'
+  WHERE json_extract(c.params_json, '$.op') = 'method'
   GROUP BY c.id
   HAVING ppl IS NOT NULL AND bits IS NOT NULL
 )

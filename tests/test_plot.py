@@ -49,6 +49,31 @@ tokens = 16
 n = [64, 1024]
 """
 
+# Perplexity at several bit costs on stories260K (tiny: 64 tokens, windows of 32), for the
+# Pareto plot and results/pareto.sql. A clipped case spends the same bits as its unclipped twin,
+# so one of each pair is dominated unless their perplexities tie.
+PARETO = """
+[scenario]
+name = "plot-pareto"
+backends = ["ref"]
+
+[[case]]
+name = "p"
+op = "method"
+input = "model"
+model = "DATA/stories260K.bin"
+tokenizer = "DATA/tok512.bin"
+text = "DATA/tinystories-sample.txt"
+tokens = 64
+ppl_tokens = 64
+ppl_window = 32
+method = ["rtn", "kivi"]
+bits = [2, 4]
+group = 16
+window = 0
+clip = [1.0, 0.6]
+"""
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 failures = []
 
@@ -174,6 +199,51 @@ def main():
         fp32 = want_ppl.pop("fp32", {}).get(32)
         check(ppl == want_ppl, "plotted perplexities equal the database's")
         check(dump["ppl_vs_bits"]["fp32"] == fp32, "the fp32 line is kvq ppl's fp32 row")
+
+        # ppl_vs_bits_per_element: each method's front equals a brute-force Pareto front of the
+        # database's points and the cases `kvq report pareto` lists.
+        with open(os.path.join(d, "pareto.toml"), "w", encoding="utf-8") as f:
+            f.write(PARETO.replace("DATA", data))
+        kvq("run", "pareto.toml", "--db", "pareto.db", cwd=d)
+        pdump_path = os.path.join(d, "pareto.json")
+        done = subprocess.run([sys.executable, plot, "--db", os.path.join(d, "pareto.db"),
+                               "--out", out, "--dump-data", pdump_path], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, check=False)
+        check(done.returncode == 0 and
+              os.path.isfile(os.path.join(out, "ppl_vs_bits_per_element.png")),
+              "ppl_vs_bits_per_element.png written")
+        with open(pdump_path, encoding="utf-8") as f:
+            pdump = json.load(f)["ppl_vs_bits_per_element"]
+        pdb = sqlite3.connect(os.path.join(d, "pareto.db"))
+        points = {}
+        for name, method, bits, value in pdb.execute(
+                "SELECT c.name, json_extract(c.params_json, '$.method'), "
+                "max(CASE WHEN m.metric = 'ppl_bits_per_element' THEN m.value END), "
+                "max(CASE WHEN m.metric = 'ppl' THEN m.value END) FROM cases c "
+                "JOIN measurements m ON m.case_id = c.id GROUP BY c.id"):
+            points.setdefault(method, []).append((bits, value, name))
+        check(len(points.get("rtn", [])) == 4 and len(points.get("kivi", [])) == 4,
+              "4 rtn and 4 kivi cases measured a perplexity")
+        brute = {m: sorted((b, v) for b, v, _ in pts if not any(
+            ob <= b and ov <= v and (ob < b or ov < v) for ob, ov, _ in pts))
+            for m, pts in points.items()}
+        plotted = {s["method"]: [tuple(p) for p in s["front"]] for s in pdump["series"]}
+        check(plotted == brute, f"plotted fronts equal the brute-force fronts ({plotted})")
+        report = kvq("report", "--db", "pareto.db", "pareto", "--format", "csv", cwd=d).stdout
+        listed = sorted(line.split(",")[1] for line in report.strip().splitlines()[1:])
+        want = sorted(n for m, pts in points.items() for b, v, n in pts if (b, v) in brute[m])
+        check(listed == want, f"kvq report pareto lists the front's cases ({listed})")
+        matched = kvq("report", "--db", "pareto.db", "matched_bits", "--format", "csv",
+                      cwd=d).stdout.strip().splitlines()[1:]
+        got = {(float(r.split(",")[0]), r.split(",")[2]): float(r.split(",")[3]) for r in matched}
+        want = {(budget, m): min(v for b, v, _ in pts if b <= budget)
+                for budget in (2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 8.0) for m, pts in points.items()
+                if any(b <= budget for b, _, _ in pts)}
+        check(got.keys() == want.keys() and
+              all(abs(got[k] - want[k]) <= 1e-4 * want[k] for k in want),
+              f"kvq report matched_bits: each method's best within each budget ({got})")
+        check(sum(len(f) for f in brute.values()) < sum(len(p) for p in points.values()),
+              "some case is dominated (the front is a real selection)")
 
         # Errors a user meets: a missing database is named, nothing is created.
         missing = subprocess.run([sys.executable, plot, "--db", os.path.join(d, "no.db"),

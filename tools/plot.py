@@ -6,6 +6,9 @@ r"""Plots from the kvq results database (SQLite, results/kvq.db), written as PNG
                          (`kvq run scenarios/demo.toml`, scenarios/accuracy.toml)
   ppl_vs_bits.png        perplexity vs bits, one line per method, the fp32 model as a dashed
                          line, from `kvq ppl ... --db` (or method cases that measured ppl)
+  ppl_vs_bits_per_element.png  perplexity vs the bits per element its cache spent, every case
+                         of each method as a point and the method's Pareto front as a line,
+                         from op "method" cases with ppl_bits_per_element (scenarios/gutenberg.toml)
   sink_scores.png        attention-sink ground-truth score per token, the sink threshold, the
                          ground-truth and planted sinks marked, and each predictor's tokens;
                          from `kvq sinks REC --format json` given with --sinks-json (the database
@@ -143,6 +146,43 @@ def ppl_data(db, run_spec):
     return run, series, fp32
 
 
+def pareto_data(db, run_spec):
+    """(run, {method: [(bits_per_element, ppl)]}, fp32 ppl or None) from op "method" cases that
+    stored ppl_bits_per_element (the cache the perplexity ran with), every case of a method."""
+    run = resolve_run(
+        db, run_spec,
+        "SELECT max(c.run_id) FROM cases c JOIN measurements m ON m.case_id = c.id "
+        "WHERE m.metric = 'ppl_bits_per_element' HAVING max(c.run_id) IS NOT NULL",
+        "ppl_bits_per_element")
+    series, fp32 = {}, None
+    if run is None:
+        return None, series, fp32
+    rows = db.execute(
+        "SELECT json_extract(c.params_json, '$.method'), "
+        "max(CASE WHEN m.metric = 'ppl_bits_per_element' THEN m.value END), "
+        "max(CASE WHEN m.metric = 'ppl' THEN m.value END), "
+        "max(CASE WHEN m.metric = 'ppl_fp32' THEN m.value END) "
+        "FROM cases c JOIN measurements m ON m.case_id = c.id WHERE c.run_id = ? "
+        "GROUP BY c.id ORDER BY c.id", (run,))
+    for method, bits, ppl, base in rows:
+        fp32 = base if base is not None else fp32
+        if method not in (None, "fp32") and bits is not None and ppl is not None:
+            series.setdefault(method, []).append((bits, ppl))
+    for points in series.values():
+        points.sort()
+    return run, series, fp32
+
+
+def pareto_front(points):
+    """The points no other point beats (fewer or equal bits and lower or equal perplexity, one
+    of them strictly), ascending in bits: the rule of results/pareto.sql."""
+    front = []
+    for bits, ppl in sorted(points):
+        if not front or ppl < front[-1][1]:
+            front.append((bits, ppl))
+    return front
+
+
 def bandwidth_data(db, run_spec):
     """(run, {op: {backend: [(bytes, GB/s)]}}) from `kvq bench --db`. Bytes moved per call are
     GB/s x seconds (the bench stores both, not the byte count); memcpy, stored as bandwidth only,
@@ -224,6 +264,29 @@ def plot_ppl(plt, out, run, series, fp32, dpi):
     ax.set_title(f"perplexity vs bits per method, run {run}")
     fig.tight_layout()
     path = os.path.join(out, "ppl_vs_bits.png")
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
+def plot_pareto(plt, out, run, series, fp32, dpi):
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method in sorted(series, key=method_key):
+        points, colour = series[method], colour_of(method)
+        ax.scatter([b for b, _ in points], [v for _, v in points], s=12, alpha=0.45, color=colour)
+        front = pareto_front(points)
+        ax.plot([b for b, _ in front], [v for _, v in front], marker="o", label=method,
+                color=colour)
+    if fp32 is not None:
+        ax.axhline(fp32, linestyle="--", color="black", label=f"fp32 ({fp32:.3g})")
+    ax.set_xlabel("bits per element (codes, scales, zeros, kept fp16 tokens, outliers)")
+    ax.set_ylabel("perplexity")
+    ax.set_yscale("log")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"perplexity vs bits/element, Pareto fronts, run {run}")
+    fig.tight_layout()
+    path = os.path.join(out, "ppl_vs_bits_per_element.png")
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
@@ -363,6 +426,18 @@ def main():
                         "values": [v for _, v in series[m]]} for m in sorted(series)]}
     else:
         skip("ppl_vs_bits.png", "no ppl measurements (kvq ppl --model M ... --db DB)")
+
+    run, pareto, fp32 = pareto_data(db, args.run)
+    if pareto:
+        written.append(plot_pareto(plt, args.out, run, pareto, fp32, args.dpi))
+        dump["ppl_vs_bits_per_element"] = {
+            "run": run, "fp32": fp32,
+            "series": [{"method": m, "bits_per_element": [b for b, _ in pareto[m]],
+                        "values": [v for _, v in pareto[m]],
+                        "front": pareto_front(pareto[m])} for m in sorted(pareto)]}
+    else:
+        skip("ppl_vs_bits_per_element.png",
+             "no ppl_bits_per_element (kvq run scenarios/gutenberg.toml --var model=PATH)")
 
     if args.sinks_json:
         sinks = read_sinks_json(args.sinks_json)
