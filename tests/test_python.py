@@ -226,6 +226,12 @@ def test_apply_matches_cli(recording, path, kvq_bin, tmp):
                     ok &= same_bits(codes, cli[f"layers.{li}.{x}.codes"])
                     ok &= same_bits(t.kept, cli[f"layers.{li}.{x}.kept"])
             check(ok, f"kvq.apply {method} b{bits} bit-equal to the kvq apply CLI")
+    # A method reads only the tensors it needs: rtn from k and v alone gives the same result.
+    only, _ = kvq.apply([{"k": l["k"], "v": l["v"]} for l in layers], "rtn", 4)
+    full, _ = kvq.apply(layers, "rtn", 4)
+    check(same_bits(only[1].k_dequant(), full[1].k_dequant()), "apply: rtn from k and v alone")
+    check(raises(lambda: kvq.apply([{"k": l["k"], "v": l["v"]} for l in layers], "rotatekv", 2),
+                 "")[0], "apply: rotatekv without k_pre_rope is a kvq.Error")
     # The per-token cache of kvq ppl equals the whole-layer dequant for rtn (methods.h).
     params = kvq.MethodParams("rtn", 4)
     cache = kvq.IncrementalCache(params, 4, 32, 0, len(layers))
@@ -298,8 +304,23 @@ def test_torch(rng):
           "cuda: rotate_quantize of a CUDA fp16 tensor bit-equal to ref")
 
 
+def test_readme_example():
+    """The README's Python example runs as printed."""
+    root = os.environ.get("KVQ_SOURCE_ROOT", os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))))
+    with open(os.path.join(root, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    block = readme.split("## Python\n", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    try:
+        exec(compile(block, "README.md (Python example)", "exec"), {})
+        check(len(block.strip().splitlines()) <= 12, "README example: about ten lines")
+    except Exception as e:  # noqa: BLE001  (any failure of the example is the finding)
+        check(False, "README Python example runs", repr(e))
+
+
 def main():
     rng = np.random.default_rng(7)
+    test_readme_example()
     kvq_bin = os.environ.get("KVQ_BIN", "build/harness/kvq")
     test_backends()
     test_fwht(rng)

@@ -20,27 +20,32 @@ struct LayerArrays {
   LayerArrays(const py::dict& d, int64_t index) {
     const std::string at = "layers." + std::to_string(index) + ".";
     if (!d.contains("v")) throw Error(at + "v is missing");
-    const auto take = [&](const char* name, std::span<const float>& to) -> py::array {
-      if (!d.contains(name) || d[name].is_none()) return {};
+    // The named array, or None when the dict lacks it (methods read only what they need).
+    const auto take = [&](const char* name, std::span<const float>& to) -> py::object {
+      if (!d.contains(name) || d[name].is_none()) return py::none();
       keep.push_back(input<float>(d[name], at + name));
       to = span_of(keep.back());
       return keep.back();
     };
-    const py::array v = take("v", tensors.v);
+    const py::array v = take("v", tensors.v);  // present: checked above
     tensors.shape = kv_shape(v, at + "v");
     for (const char* kv : {"k", "k_pre_rope"}) {
-      const py::array a = take(kv, std::string(kv) == "k" ? tensors.k : tensors.k_pre_rope);
-      if (a && shape_of(a) != shape_of(v))
+      const py::object o = take(kv, std::string(kv) == "k" ? tensors.k : tensors.k_pre_rope);
+      if (o.is_none()) continue;
+      const py::array a = o;
+      if (shape_of(a) != shape_of(v))
         throw Error(at + kv + ": shape " + shape_string(shape_of(a)) + ", expected " +
                     shape_string(shape_of(v)) + " (as v)");
     }
-    if (const py::array h = take("hidden_in", tensors.hidden_in)) {
+    if (const py::object o = take("hidden_in", tensors.hidden_in); !o.is_none()) {
+      const py::array h = o;
       if (h.ndim() != 2 || h.shape(0) != tensors.shape.tokens)
         throw Error(at + "hidden_in: shape " + shape_string(shape_of(h)) + ", expected [" +
                     std::to_string(tensors.shape.tokens) + ", hidden]");
       tensors.hidden_size = h.shape(1);
     }
-    if (const py::array q = take("q", tensors.q)) {
+    if (const py::object o = take("q", tensors.q); !o.is_none()) {
+      const py::array q = o;
       if (q.ndim() != 3 || q.shape(0) != tensors.shape.tokens ||
           q.shape(2) != tensors.shape.head_dim)
         throw Error(at + "q: shape " + shape_string(shape_of(q)) + ", expected [T, H_q, d]");
