@@ -563,6 +563,29 @@ struct CacheLayout {
   }
 };
 
+// Adds one quantized part to c: the tokens t with keep(t), not kept, their K rows from ks and V
+// rows from vs (the quantizer's input basis), quantized with qp.
+template <class Keep>
+void add_quantized_part(DecodeCache& c, const std::vector<float>& ks, const std::vector<float>& vs,
+                        const QuantParams& qp, Keep keep) {
+  const int64_t tokens = c.shape.tokens, channels = c.shape.channels();
+  DecodeCache::QuantizedRows kp, vp;
+  std::vector<float> kr, vr;
+  for (int64_t t = 0; t < tokens; ++t) {
+    if (!keep(t) || c.kept[static_cast<size_t>(t)]) continue;
+    kp.tokens.push_back(static_cast<int32_t>(t));
+    kr.insert(kr.end(), ks.begin() + t * channels, ks.begin() + (t + 1) * channels);
+    vr.insert(vr.end(), vs.begin() + t * channels, vs.begin() + (t + 1) * channels);
+  }
+  if (kp.tokens.empty()) return;
+  vp.tokens = kp.tokens;
+  const auto rows = static_cast<int64_t>(kp.tokens.size());
+  kp.q = quantize(kr, rows, channels, qp);
+  vp.q = quantize(vr, rows, channels, qp);
+  c.k_parts.push_back(std::move(kp));
+  c.v_parts.push_back(std::move(vp));
+}
+
 // K and V of `tokens` tokens as a method would store them. With kept rows, the quantized
 // tokens go into two parts (the even ones at `bits`, the odd ones at 8 bits, as AKVQ-VL's
 // two widths), so sinks are outside every quantization group (SPEC.md §4).
@@ -599,23 +622,9 @@ DecodeCache make_cache(const KvShape& shape, const CacheLayout& l, uint32_t seed
     for (float x : k) c.k_fp16.push_back(float_to_half(x));
     for (float x : v) c.v_fp16.push_back(float_to_half(x));
     for (int parity = 0; parity < 2; ++parity) {
-      DecodeCache::QuantizedRows kp, vp;
-      std::vector<float> kr, vr;
-      for (int64_t t = parity; t < tokens; t += 2) {
-        if (c.kept[static_cast<size_t>(t)]) continue;
-        kp.tokens.push_back(static_cast<int32_t>(t));
-        kr.insert(kr.end(), ks.begin() + t * channels, ks.begin() + (t + 1) * channels);
-        vr.insert(vr.end(), vs.begin() + t * channels, vs.begin() + (t + 1) * channels);
-      }
-      if (kp.tokens.empty()) continue;
-      vp.tokens = kp.tokens;
       QuantParams pp = qp;
       if (parity == 1) pp.bits = 8;
-      const auto rows = static_cast<int64_t>(kp.tokens.size());
-      kp.q = quantize(kr, rows, channels, pp);
-      vp.q = quantize(vr, rows, channels, pp);
-      c.k_parts.push_back(std::move(kp));
-      c.v_parts.push_back(std::move(vp));
+      add_quantized_part(c, ks, vs, pp, [&](int64_t t) { return t % 2 == parity; });
     }
   }
   if (l.outliers) {
@@ -715,6 +724,79 @@ TEST_CASE("avx: attention_decode does not depend on the OpenMP thread count (1 v
     const std::vector<float> two = isa.backend->attention_decode(q, 8, c);
     REQUIRE(bitwise_diff(one, two, isa.name + " attention threads 1 vs 2") == "");
   }
+}
+
+// A cache in the shape the code path of backends/avx/attention_codes.h reads: `sinks` fp16 tokens
+// at the start and one in the middle (K and V), the rest in two quantized parts of contiguous
+// rows (before the middle sink at `bits`, after it at 8 bits: AKVQ-VL's two widths), group G,
+// optionally the per-head Hadamard on K and V (AKVQ-VL).
+DecodeCache make_code_cache(const KvShape& shape, int bits, int64_t group, bool hadamard,
+                            int64_t sinks, uint32_t seed) {
+  const int64_t tokens = shape.tokens, channels = shape.channels();
+  std::vector<float> k = make_data(tokens, channels, seed);
+  std::vector<float> v = make_data(tokens, channels, seed + 1);
+  for (float& x : k) x *= 0.05f;
+  for (float& x : v) x *= 0.25f;
+  if (tokens > 3)  // K's massive token would take all attention: the quantized tokens must count
+    for (int64_t ch = 0; ch < channels; ++ch) k[static_cast<size_t>(3 * channels + ch)] *= 0.01f;
+  DecodeCache c;
+  c.shape = shape;
+  c.k_rotation = hadamard ? KeyRotation::PerHeadHadamard : KeyRotation::None;
+  c.v_per_head_hadamard = hadamard;
+  const std::vector<float> ks = hadamard ? rotate_v(k, shape) : k;
+  const std::vector<float> vs = hadamard ? rotate_v(v, shape) : v;
+  c.kept.assign(static_cast<size_t>(tokens), 0);
+  for (int64_t t = 0; t < sinks && t < tokens; ++t) c.kept[static_cast<size_t>(t)] = 1;
+  if (sinks > 0) c.kept[static_cast<size_t>(tokens / 2)] = 1;
+  for (float x : k) c.k_fp16.push_back(float_to_half(x));
+  for (float x : v) c.v_fp16.push_back(float_to_half(x));
+  for (int half = 0; half < 2; ++half) {
+    QuantParams qp;
+    qp.bits = half ? 8 : bits;
+    qp.group = group;
+    add_quantized_part(c, ks, vs, qp, [&](int64_t t) { return (t >= tokens / 2) == (half == 1); });
+  }
+  return c;
+}
+
+TEST_CASE("avx: attention_decode on codes is within tolerance and independent of the thread count") {
+  // Every code width and a group smaller than, equal to and larger than a head; sinks (kept
+  // fp16 rows) and a middle kept token splitting the runs; odd token counts leave K tails.
+  struct Case {
+    int64_t tokens, d;
+    int bits;
+    int64_t group;
+    bool hadamard;
+    int64_t sinks;
+  };
+  const Case cases[] = {
+      {4099, 128, 2, 128, false, 4}, {4099, 128, 2, 64, true, 4},  {4099, 128, 4, 256, true, 1},
+      {1029, 128, 1, 128, false, 4}, {1029, 128, 8, 128, true, 0}, {1029, 64, 2, 128, false, 4},
+      {1029, 64, 4, 64, true, 2},    {37, 128, 2, 128, true, 4},   {300, 256, 2, 64, false, 3},
+  };
+  const int restore = omp_get_max_threads();
+  for (const Case& k : cases) {
+    const KvShape shape{k.tokens, 4, k.d};
+    const int64_t q_heads = 4 * shape.heads;
+    const DecodeCache c = make_code_cache(shape, k.bits, k.group, k.hadamard, k.sinks, 7);
+    const std::vector<float> q = make_query(q_heads, k.d, 9);
+    const std::vector<double> oracle = attention_decode_oracle(q, q_heads, c);
+    for (const Isa& isa : isas()) {
+      const std::string what = isa.name + " T" + std::to_string(k.tokens) + " d" +
+                               std::to_string(k.d) + " b" + std::to_string(k.bits) + " G" +
+                               std::to_string(k.group) + (k.hadamard ? " hadamard" : "") +
+                               " sinks" + std::to_string(k.sinks);
+      omp_set_num_threads(1);
+      const std::vector<float> one = isa.backend->attention_decode(q, q_heads, c);
+      REQUIRE(tolerance_diff(oracle, one, what) == "");
+      for (int threads : {2, 3}) {
+        omp_set_num_threads(threads);
+        REQUIRE(bitwise_diff(one, isa.backend->attention_decode(q, q_heads, c),
+                             what + " threads 1 vs " + std::to_string(threads)) == "");
+      }
+    }
+  }
+  omp_set_num_threads(restore);
 }
 
 TEST_CASE("avx: attention_decode rejects invalid caches with the reference's error") {

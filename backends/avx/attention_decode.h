@@ -62,6 +62,32 @@ static inline void rope_row(float* x, int64_t heads, int64_t d, int64_t position
   }
 }
 
+// Token t's row in the stored (quantized) basis with its outliers, or its fp16 kept row (original
+// basis; *kept set).
+template <class S>
+inline float* stored_row(const DecodeSide& side, int64_t cols, int64_t t, float* buf, bool* kept) {
+  const int32_t part = side.part[t];
+  *kept = part < 0;
+  if (part < 0) {
+    const uint16_t* h = side.fp16 + t * cols;
+    for (int64_t k = 0; k < cols; k += S::W) {
+      const int m = cols - k < S::W ? static_cast<int>(cols - k) : S::W;
+      S::store_n(buf + k, S::load_f16_n(h + k, m), m);
+    }
+    return buf;
+  }
+  const DecodePart& q = side.parts[part];
+  if (q.spec.channel_axis)
+    dequantize_channel_row<S>(q.codes, q.scale, q.zero, q.zero_int, q.spec, side.row[t], buf);
+  else
+    dequantize_token_row<S>(q.codes, q.scale, q.zero, q.zero_int, q.spec,
+                            S::lane_shifts(q.spec.bits), side.row[t], buf);
+  if (side.outlier_begin)
+    for (int64_t o = side.outlier_begin[t]; o < side.outlier_begin[t + 1]; ++o)
+      buf[side.outlier_col[o]] = S::from_half(side.outlier_value[o]);
+  return buf;
+}
+
 // Token t's row of one side in the original basis (post-RoPE for K). Writes into buf (tmp is
 // scratch of the same size) unless the cache holds exact fp32 rows, which are returned in place.
 template <class S>
@@ -69,25 +95,10 @@ inline const float* decode_row(const DecodeSide& side, const DecodeProblem& p, i
                                float* buf, float* tmp) {
   const int64_t cols = p.heads * p.head_dim;
   if (side.f32) return side.f32 + t * cols;
-  float* x = buf;
-  const int32_t part = side.part[t];
-  if (part >= 0 && side.unperm) x = tmp;  // the stored row goes to tmp, unreordered into buf
-  if (part < 0) {
-    const uint16_t* h = side.fp16 + t * cols;
-    for (int64_t k = 0; k < cols; k += S::W) {
-      const int m = cols - k < S::W ? static_cast<int>(cols - k) : S::W;
-      S::store_n(x + k, S::load_f16_n(h + k, m), m);
-    }
-  } else {
-    const DecodePart& q = side.parts[part];
-    if (q.spec.channel_axis)
-      dequantize_channel_row<S>(q.codes, q.scale, q.zero, q.zero_int, q.spec, side.row[t], x);
-    else
-      dequantize_token_row<S>(q.codes, q.scale, q.zero, q.zero_int, q.spec,
-                              S::lane_shifts(q.spec.bits), side.row[t], x);
-    if (side.outlier_begin)
-      for (int64_t o = side.outlier_begin[t]; o < side.outlier_begin[t + 1]; ++o)
-        x[side.outlier_col[o]] = S::from_half(side.outlier_value[o]);
+  bool kept = false;
+  // With a reorder the stored row goes to tmp and is unreordered into buf.
+  float* x = stored_row<S>(side, cols, t, side.part[t] >= 0 && side.unperm ? tmp : buf, &kept);
+  if (!kept) {
     if (side.unperm) {
       gather_row<S>(tmp, cols, side.unperm, buf);
       x = buf;
@@ -145,8 +156,42 @@ inline void chunk_partial(const float* qh, const float* const* krows, const floa
   }
 }
 
+// Merges the partials [block][query head] (m, l, then `sums` unnormalized sums of d values;
+// `stride` floats each) in block order: M = max m_c, L = sum_c l_c e^(m_c - M),
+// o_v = sum_c e^(m_c - M) o_{c,v}. Writes o [qh][sums][d] (unnormalized) and L [qh].
 template <class S>
-bool attention_decode_kernel(const DecodeProblem& p, float* out) {
+inline void merge_partials(const float* partial, int64_t blocks, int64_t qh, int64_t d,
+                           int64_t stride, int sums, float* out, float* lsum) {
+  const int64_t n = sums * d;
+#pragma omp parallel for schedule(static) if (blocks * qh * n > 65536)
+  for (int64_t h = 0; h < qh; ++h) {
+    float mx = -INFINITY;
+    for (int64_t c = 0; c < blocks; ++c) {
+      const float m = partial[(c * qh + h) * stride];
+      mx = m > mx ? m : mx;
+    }
+    float l = 0.0f;
+    float* oh = out + h * n;
+    for (int64_t k = 0; k < n; ++k) oh[k] = 0.0f;
+    for (int64_t c = 0; c < blocks; ++c) {
+      const float* part = partial + (c * qh + h) * stride;
+      const float w = std::exp(part[0] - mx);
+      l += w * part[1];
+      const typename S::V vw = S::set1(w);
+      for (int64_t k = 0; k < n; k += S::W) {
+        const int m = n - k < S::W ? static_cast<int>(n - k) : S::W;
+        S::store_n(
+            oh + k,
+            S::fmadd(vw, S::load_n(part + 2 + k, m, S::zero()), S::load_n(oh + k, m, S::zero())),
+            m);
+      }
+    }
+    lsum[h] = l;
+  }
+}
+
+template <class S>
+bool attention_rebuild_kernel(const DecodeProblem& p, float* out) {
   const int64_t d = p.head_dim, cols = p.heads * d, qh = p.q_heads;
   const int64_t per_kv = qh / p.heads;
   const int64_t chunks = (p.tokens + kDecodeChunk - 1) / kDecodeChunk;
@@ -193,34 +238,12 @@ bool attention_decode_kernel(const DecodeProblem& p, float* out) {
     std::free(e);
   }
   if (oom == 0) {
-    // Merge in chunk order: M = max m_c, L = sum_c l_c e^(m_c - M), o = sum_c e^(m_c - M) o_c / L.
-#pragma omp parallel for schedule(static) if (chunks * qh * d > 65536)
+    merge_partials<S>(partial, chunks, qh, d, stride, 1, out, q);  // q is free again: L per head
     for (int64_t h = 0; h < qh; ++h) {
-      float mx = -INFINITY;
-      for (int64_t c = 0; c < chunks; ++c) {
-        const float m = partial[(c * qh + h) * stride];
-        mx = m > mx ? m : mx;
-      }
-      float l = 0.0f;
-      float* oh = out + h * d;
-      for (int64_t k = 0; k < d; ++k) oh[k] = 0.0f;
-      for (int64_t c = 0; c < chunks; ++c) {
-        const float* part = partial + (c * qh + h) * stride;
-        const float w = std::exp(part[0] - mx);
-        l += w * part[1];
-        const typename S::V vw = S::set1(w);
-        for (int64_t k = 0; k < d; k += S::W) {
-          const int m = d - k < S::W ? static_cast<int>(d - k) : S::W;
-          S::store_n(
-              oh + k,
-              S::fmadd(vw, S::load_n(part + 2 + k, m, S::zero()), S::load_n(oh + k, m, S::zero())),
-              m);
-        }
-      }
-      const typename S::V vl = S::set1(l);
+      const typename S::V vl = S::set1(q[h]);
       for (int64_t k = 0; k < d; k += S::W) {
         const int m = d - k < S::W ? static_cast<int>(d - k) : S::W;
-        S::store_n(oh + k, S::div(S::load_n(oh + k, m, S::zero()), vl), m);
+        S::store_n(out + h * d + k, S::div(S::load_n(out + h * d + k, m, S::zero()), vl), m);
       }
     }
   }

@@ -3,7 +3,7 @@
 // instantiations are named after S, so each unit's copy keeps its own -m flags.
 #pragma once
 
-#include "backends/avx/attention_decode.h"
+#include "backends/avx/attention_codes.h"
 #include "backends/avx/fwht.h"
 #include "backends/avx/kernels.h"
 #include "backends/avx/quantize.h"

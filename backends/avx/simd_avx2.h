@@ -326,6 +326,39 @@ struct Simd : kvq::avx::ScalarOps<Simd> {  // to_half, from_half, round_ne_scala
   static unsigned sign_lanes(VI v) {
     return static_cast<unsigned>(_mm256_movemask_ps(_mm256_castsi256_ps(v)));
   }
+  // ---- Code primitives of attention_codes.h (same meaning as in the AVX-512 traits) ---------
+  static VI gather_u32(const uint8_t* base, VI off) {
+    return _mm256_i32gather_epi32(reinterpret_cast<const int*>(base), off, 1);
+  }
+  // AVX2 has no unsigned conversion: halve (exact, the low bit is added back), convert, double.
+  static V cvt_u32(VI v) {
+    const V hi = _mm256_cvtepi32_ps(_mm256_srli_epi32(v, 1));
+    const V lo = _mm256_cvtepi32_ps(_mm256_and_si256(v, _mm256_set1_epi32(1)));
+    return _mm256_add_ps(_mm256_add_ps(hi, hi), lo);
+  }
+  static V cvt_top(VI v) {  // a field ending at bit 31 has its bit 0 clear (its width <= 8)
+    const V h = _mm256_cvtepi32_ps(_mm256_srli_epi32(v, 1));
+    return _mm256_add_ps(h, h);
+  }
+  template <int P>
+  static VI bcast_bits(const uint8_t* p) {
+    if constexpr (P == 8) {
+      return _mm256_set1_epi8(static_cast<char>(*p));
+    } else if constexpr (P == 16) {
+      uint16_t w;
+      std::memcpy(&w, p, 2);
+      return _mm256_set1_epi16(static_cast<short>(w));
+    } else if constexpr (P == 32) {
+      uint32_t w;
+      std::memcpy(&w, p, 4);
+      return _mm256_set1_epi32(static_cast<int>(w));
+    } else {
+      static_assert(P == 64);
+      uint64_t w;
+      std::memcpy(&w, p, 8);
+      return _mm256_set1_epi64x(static_cast<long long>(w));
+    }
+  }
   static VI shl16(VI v) { return _mm256_slli_epi32(v, 16); }
   // Word k < count of lane l goes to out + l * stride + 4 * k (count <= 8): a transpose.
   static void store_words(const VI* w, int count, uint8_t* out, int64_t stride) {

@@ -200,6 +200,34 @@ struct Simd : kvq::avx::ScalarOps<Simd> {    // to_half, from_half, round_ne_sca
     return _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(first(n), in));
   }
 
+  // ---- Code primitives of attention_codes.h (decode attention on packed codes) --------------
+  // Dwords at base + off[l] (byte offsets), one per lane.
+  static VI gather_u32(const uint8_t* base, VI off) { return _mm512_i32gather_epi32(off, base, 1); }
+  // Unsigned lanes to float (masked code fields, exact: at most 8 significant bits).
+  static V cvt_u32(VI v) { return _mm512_cvtepu32_ps(v); }
+  static V cvt_top(VI v) { return _mm512_cvtepu32_ps(v); }  // a field that ends at bit 31
+  // P = W * bits bits from p, repeated so that every dword lane sees the 32-bit word it reads
+  // (P < 32: the unit repeats inside each dword; P >= 32: dword r of the unit at lane r mod P/32).
+  template <int P>
+  static VI bcast_bits(const uint8_t* p) {
+    if constexpr (P == 16) {
+      uint16_t w;
+      std::memcpy(&w, p, 2);
+      return _mm512_set1_epi16(static_cast<short>(w));
+    } else if constexpr (P == 32) {
+      uint32_t w;
+      std::memcpy(&w, p, 4);
+      return _mm512_set1_epi32(static_cast<int>(w));
+    } else if constexpr (P == 64) {
+      uint64_t w;
+      std::memcpy(&w, p, 8);
+      return _mm512_set1_epi64(static_cast<long long>(w));
+    } else {
+      static_assert(P == 128);
+      return _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    }
+  }
+
   // ---- Token-block (channel-major) primitives of rotate_quantize.h ----------------------------
   // A block holds W tokens channel-major: vector c = channel c of tokens 0..W-1 (lane l = token l).
   static constexpr unsigned kAllLanes = 0xFFFFu;
