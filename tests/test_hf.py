@@ -121,6 +121,19 @@ def test_stories(tmp):
         check(abs(nll_h - nll_c) <= TOLERANCE_NLL and abs(bpe_h - bpe_c) <= 0.01,
               f"stories260K {key[0]} b{key[1]}: NLL {nll_h} vs kvq ppl {nll_c} (tolerance "
               f"{TOLERANCE_NLL}), bits/element {bpe_h} vs {bpe_c}")
+    # --mode prefill: rtn quantizes each token once on arrival, so a whole-chunk forward reads
+    # the same reconstructions as decoding does (only the forward's rounding differs).
+    pre = io.StringIO()
+    with contextlib.redirect_stdout(pre):
+        rc = kvq.ppl.main(["--model", model_dir, "--llama2c-tokenizer",
+                           os.path.join(DATA, "tok512.bin"), "--db", "", "--threads", "1",
+                           "--mode", "prefill", "--text",
+                           os.path.join(DATA, "tinystories-sample.txt"), "--method", "rtn",
+                           "--bits", "4", "--max-tokens", "1020", "--quiet"])
+    prefill = parse_table(pre.getvalue())
+    check(rc == 0 and abs(prefill[("fp32", 32)][1] - base_h[1]) <= 1e-4
+          and abs(prefill[("rtn", 4)][1] - hf[("rtn", 4)][1]) <= TOLERANCE_NLL,
+          "kvq.ppl --mode prefill: fp32 and rtn b4 NLL as decode's", (prefill, hf))
     r = subprocess.run([KVQ_BIN, "report", "accuracy", "--db", db], capture_output=True,
                        text=True)
     shown = [line for line in r.stdout.splitlines() if "ppl/stories260K" in line]
