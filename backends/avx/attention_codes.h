@@ -91,15 +91,25 @@ inline int64_t code_run_end(const DecodeSide& s, const uint8_t* ok, int64_t t, i
   return e;
 }
 
-// Starts moving the V code rows of tokens t .. t + n - 1 into L2.
-inline void prefetch_values(const DecodeSide& v, int64_t t, int64_t n) {
+// The V code rows of tokens t .. t + n - 1 when they are consecutive rows of one token-axis part
+// (prefetched during the K pass), else null.
+inline const uint8_t* value_rows(const DecodeSide& v, int64_t t, int64_t n) {
   const int32_t part = v.part[t];
-  if (part < 0) return;
+  if (part < 0) return nullptr;
   const QuantSpec& s = v.parts[part].spec;
-  if (s.channel_axis || v.part[t + n - 1] != part || v.row[t + n - 1] != v.row[t] + n - 1) return;
-  const uint8_t* at = v.parts[part].codes + v.row[t] * s.line_bytes;
-  for (int64_t b = 0; b < n * s.line_bytes; b += 64)
-    _mm_prefetch(reinterpret_cast<const char*>(at + b), _MM_HINT_T1);
+  if (s.channel_axis || v.part[t + n - 1] != part || v.row[t + n - 1] != v.row[t] + n - 1)
+    return nullptr;
+  return v.parts[part].codes + v.row[t] * s.line_bytes;
+}
+
+// Piece i of n of [at, at + bytes): prefetches spread over a loop instead of one burst that
+// stalls on the line fill buffers.
+template <int Hint>
+inline void prefetch_piece(const uint8_t* at, int64_t bytes, int64_t i, int64_t n) {
+  if (!at) return;
+  const int64_t lines = (bytes + 63) / 64;
+  for (int64_t l = i * lines / n; l < (i + 1) * lines / n; ++l)
+    _mm_prefetch(reinterpret_cast<const char*>(at + 64 * l), static_cast<_mm_hint>(Hint));
 }
 
 // Scale and zero of groups [0, gpl) of rows row0 .. row0 + n - 1 into sz[0][g][j], sz[1][g][j].
@@ -288,14 +298,19 @@ inline void code_block(const CodeBlockArgs& a, const CodeScratch& sc, int64_t t0
       const int64_t tile_bytes = W * qs.line_bytes;
       for (int64_t j = 0; j < m; j += W) {
         const uint8_t* tile = rows + j * qs.line_bytes;
-        if (j + W < m)  // the next tile's rows, while this one is computed
-          for (int64_t b = 0; b < tile_bytes; b += 64)
-            _mm_prefetch(reinterpret_cast<const char*>(tile + tile_bytes + b), _MM_HINT_T0);
-        prefetch_values(p.v, t + j, W);  // for the V pass: into L2 from memory
+        // The next tile's K rows (into L1) and this tile's V rows (into L2, for the V pass),
+        // a piece per KV head.
+        const uint8_t* next_k = j + W < m ? tile + tile_bytes : nullptr;
+        const uint8_t* v_rows = value_rows(p.v, t + j, W);
+        const int64_t v_bytes = v_rows ? W * p.v.parts[p.v.part[t + j]].spec.line_bytes : 0;
         for (int64_t g = 0; g < p.heads; ++g)
           for (int64_t h0 = 0; h0 < per_kv; h0 += 4) {
             const int64_t h = g * per_kv + h0;
             const int nh = static_cast<int>(per_kv - h0 < 4 ? per_kv - h0 : 4);
+            if (h0 == 0) {
+              prefetch_piece<_MM_HINT_T0>(next_k, tile_bytes, g, p.heads);
+              prefetch_piece<_MM_HINT_T1>(v_rows, v_bytes, g, p.heads);
+            }
             by_bits_heads<S, ScoresBody>(qs.bits, nh, qs, tile, voff, g, d, qc + h * d,
                                          sc.sum_q + h * 16, sc.sz + j,
                                          sc.score + h * kCodeBlock + (t - t0) + j);
