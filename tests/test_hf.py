@@ -25,31 +25,13 @@ import subprocess
 import sys
 import tempfile
 
-SKIP = 77
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 TOLERANCE_NLL = 5e-3  # nats: PPL within 0.5 % (docs/readme-python.md "Cross-check")
 
+from hf_venv import import_or_skip  # noqa: E402
 
-def import_or_skip():
-    """torch + transformers here, else re-run under .venv-hf's Python (test_record_hf.py)."""
-    try:
-        import torch  # noqa: F401
-        import transformers  # noqa: F401
-        return
-    except ImportError as e:
-        reason = str(e)
-    root = os.environ.get("KVQ_SOURCE_ROOT", ROOT)
-    hf_python = os.environ.get("KVQ_HF_PYTHON") or os.path.join(root, ".venv-hf", "bin",
-                                                                 "python3")
-    if os.path.isfile(hf_python) and not os.environ.get("KVQ_HF_REEXEC"):
-        os.environ["KVQ_HF_REEXEC"] = "1"
-        os.execv(hf_python, [hf_python, os.path.abspath(__file__)] + sys.argv[1:])
-    print(f"SKIP: torch/transformers not importable ({reason}); scripts/install-deps.sh --hf")
-    sys.exit(SKIP)
-
-
-import_or_skip()
+import_or_skip(__file__)
 sys.path.insert(0, os.environ.get("KVQ_PYTHONPATH", os.path.join(ROOT, "build", "python")))
 sys.path.insert(0, HERE)
 

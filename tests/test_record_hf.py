@@ -23,35 +23,13 @@ import subprocess
 import sys
 import tempfile
 
-SKIP = 77
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 RECORDER = os.path.join(ROOT, "tools", "record_hf.py")
 
+from hf_venv import import_or_skip  # noqa: E402
 
-def import_or_skip():
-    """Imports torch and transformers, else re-runs under KVQ_HF_PYTHON, by default the Python
-    of .venv-hf in KVQ_SOURCE_ROOT (what scripts/install-deps.sh --hf makes); else exits 77."""
-    try:
-        import torch  # noqa: F401
-        import transformers  # noqa: F401
-        import tokenizers  # noqa: F401
-        import safetensors  # noqa: F401
-        return
-    except ImportError as e:
-        reason = str(e)
-    root = os.environ.get("KVQ_SOURCE_ROOT", ROOT)
-    hf_python = os.environ.get("KVQ_HF_PYTHON") or os.path.join(root, ".venv-hf", "bin",
-                                                                 "python3")
-    if hf_python and os.path.isfile(hf_python) and not os.environ.get("KVQ_HF_REEXEC"):
-        os.environ["KVQ_HF_REEXEC"] = "1"
-        os.execv(hf_python, [hf_python, os.path.abspath(__file__)] + sys.argv[1:])
-    print(f"SKIP: torch/transformers not importable here ({reason}; KVQ_HF_PYTHON="
-          f"'{hf_python}' absent); scripts/install-deps.sh --hf installs them into .venv-hf/")
-    sys.exit(SKIP)
-
-
-import_or_skip()
+import_or_skip(__file__, ("torch", "transformers", "tokenizers", "safetensors"))
 
 import numpy as np  # noqa: E402  (after the skip check: comes with torch's environment)
 import torch  # noqa: E402
