@@ -1,6 +1,7 @@
 // `kvq backends`: what can run here, and why the rest cannot.
 #include <cstdio>
 #include <cstring>
+#include <string>
 
 #include "backends/backend.h"
 #include "harness/commands.h"
@@ -11,7 +12,16 @@ int cmd_backends(int argc, char** argv) {
   if (argc > 1 && (!std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h"))) {
     std::printf(
         "kvq backends: lists every backend compiled in, whether it can run on this\n"
-        "machine (CPU features, GPU present) and why not when it cannot.\n");
+        "machine (CPU features, GPU present) and why not when it cannot.\n"
+        "kvq backends --available: only the names of the available ones, comma-separated\n"
+        "(for scripts: kvq gate SCENARIO --backends \"$(kvq backends --available)\").\n");
+    return 0;
+  }
+  if (argc > 1 && !std::strcmp(argv[1], "--available")) {
+    std::string names;
+    for (const BackendEntry& entry : backend_registry())
+      if (entry.available) names += (names.empty() ? "" : ",") + entry.name;
+    std::printf("%s\n", names.c_str());
     return 0;
   }
   std::printf("%-8s %-10s %s\n", "backend", "available", "detail");

@@ -373,13 +373,26 @@ class Backends {
   std::map<std::string, std::unique_ptr<Backend>> made_;
 };
 
-// Per-case backends: --backends, else the case's, else the scenario's, else every available.
-std::vector<std::string> case_backends(const Scenario& s, const ScenarioCase& c,
-                                       const RunOptions& o, const Backends& backends) {
-  if (!o.backends.empty()) return o.backends;
-  if (!c.backends.empty()) return c.backends;
-  if (!s.backends.empty()) return s.backends;
-  return backends.available();
+// Per-case backends: --backends, else the case's, else the scenario's (all three "named"),
+// else every available one (not named).
+struct CaseBackends {
+  std::vector<std::string> names;
+  bool named = true;
+};
+CaseBackends case_backends(const Scenario& s, const ScenarioCase& c, const RunOptions& o,
+                           const Backends& backends) {
+  if (!o.backends.empty()) return {o.backends};
+  if (!c.backends.empty()) return {c.backends};
+  if (!s.backends.empty()) return {s.backends};
+  return {backends.available(), false};
+}
+
+BackendTally& tally(RunSummary& summary, const std::string& backend) {
+  for (BackendTally& t : summary.backends)
+    if (t.backend == backend) return t;
+  BackendTally& t = summary.backends.emplace_back();
+  t.backend = backend;
+  return t;
 }
 
 // The printed table: one line per (case, backend), fixed columns.
@@ -527,6 +540,7 @@ RunSummary run_scenario(const Scenario& scenario, const RunOptions& options) {
           summary.failures.push_back(
               {c.name, check.backend, "error", "", check.got, repro_line(scenario, c, ""), -1});
           ++summary.failed;
+          ++tally(summary, check.backend).failed;
           check_name = "ERROR";
         }
         double seconds =
@@ -561,7 +575,8 @@ RunSummary run_scenario(const Scenario& scenario, const RunOptions& options) {
         case_error = std::string("reference ") + reference.name() + ": " + e.what();
       }
 
-      for (const std::string& name : case_backends(scenario, c, options, backends)) {
+      const CaseBackends selected_backends = case_backends(scenario, c, options, backends);
+      for (const std::string& name : selected_backends.names) {
         CheckRecord check;
         check.backend = name;
         check.reference = gate == "tolerance" ? "fp64 oracle" : reference.name();
@@ -631,12 +646,18 @@ RunSummary run_scenario(const Scenario& scenario, const RunOptions& options) {
           ++summary.measured;
           continue;  // gate = none: a measurement, no check row
         }
-        if (check.status == "pass")
+        BackendTally& t = tally(summary, name);
+        t.named = t.named || selected_backends.named;
+        if (check.status == "pass") {
           ++summary.passed;
-        else if (check.status == "fail" || check.status == "error")
+          ++t.passed;
+        } else if (check.status == "fail" || check.status == "error") {
           ++summary.failed;
-        else
+          ++t.failed;
+        } else {
           ++summary.skipped;
+          if (!t.skipped++) t.skip_reason = note;
+        }
         checks.push_back(std::move(check));
       }
       store.add_case(summary.run_id, record, checks, measurements);
@@ -649,6 +670,22 @@ RunSummary run_scenario(const Scenario& scenario, const RunOptions& options) {
   progress.done();
   store.finish_run(summary.run_id, "complete");
   return summary;
+}
+
+std::string gate_failure(const RunSummary& summary, bool allow_skip) {
+  if (summary.failed)
+    return std::to_string(summary.failed) + " check" + (summary.failed == 1 ? "" : "s") +
+           " failed (listed above)";
+  if (allow_skip) return "";
+  for (const BackendTally& t : summary.backends)
+    if (t.named && t.skipped)
+      return "backend '" + t.backend + "' was named but " + std::to_string(t.skipped) +
+             " of its checks did not run (" + t.skip_reason + "); --allow-skip accepts this";
+  if (summary.passed == 0)
+    return "no check ran (" + std::to_string(summary.cases) + " cases, " +
+           std::to_string(summary.skipped) + " checks skipped, " +
+           std::to_string(summary.measured) + " measured); --allow-skip accepts this";
+  return "";
 }
 
 }  // namespace kvq

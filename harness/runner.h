@@ -35,10 +35,22 @@ struct Failure {
   int64_t first_mismatch = -1;
 };
 
+// What became of the checks given to one backend, for the per-backend summary and the gate.
+struct BackendTally {
+  std::string backend;
+  int passed = 0, failed = 0, skipped = 0;  // failed counts errors too
+  // Named: listed by --backends, or (without it) by a case's or the scenario's `backends` key.
+  // A backend only reached through "every available one" is not named.
+  bool named = false;
+  std::string skip_reason;  // the first skip's note ("not available: ...", "unsupported: ...")
+  int ran() const { return passed + failed; }
+};
+
 struct RunSummary {
   int64_t run_id = 0;
   int cases = 0, passed = 0, failed = 0, skipped = 0, measured = 0;
-  std::vector<Failure> failures;  // failed and errored checks, in run order
+  std::vector<Failure> failures;      // failed and errored checks, in run order
+  std::vector<BackendTally> backends;  // in order of first use
 };
 
 // The cases a run executes, in scenario order: the --shard slice, then the --filter regex.
@@ -48,5 +60,10 @@ std::vector<const ScenarioCase*> select_cases(const Scenario& scenario, const Ru
 // Throws kvq::Error for an unknown backend name or a bad filter regex; an op that fails on one
 // backend is recorded as that check's "error" and the run goes on.
 RunSummary run_scenario(const Scenario& scenario, const RunOptions& options);
+
+// Why `kvq gate` fails this run, in one line, or "" when it passes: a failed or errored check;
+// else, unless allow_skip (--allow-skip), a named backend that skipped a check (unavailable, or
+// lacking a case's op) or a run in which no check ran at all.
+std::string gate_failure(const RunSummary& summary, bool allow_skip);
 
 }  // namespace kvq

@@ -71,10 +71,8 @@ void write(const fs::path& path, const std::string& text) {
   std::ofstream(path) << text;
 }
 
-const char* kPassing = R"([scenario]
-backends = ["ref"]
-
-[[case]]
+// Four cases (fwht n4, n16; quantize b2, b4), without a backend list.
+const std::string kPassingCases = R"([[case]]
 op = "fwht"
 tokens = 3
 n = [4, 16]
@@ -87,6 +85,7 @@ head_dim = 8
 bits = [2, 4]
 group = 8
 )";
+const std::string kPassing = "[scenario]\nbackends = [\"ref\"]\n\n" + kPassingCases;
 
 // SPEC.md §7's attention is within 1e-3 of the fp64 oracle, never bit-equal to it everywhere:
 // a zero tolerance must make the gate fail.
@@ -181,6 +180,87 @@ TEST_CASE("cli: gate exits 0 on a passing scenario and 1 on a failing one, with 
                                 "--backends ref"));
   // `run` reports the same failure but exits 0: only the gate turns it into a status.
   CHECK(run_kvq(dir, {"run", "fail.toml", "--db", "kvq.db"}).status == 0);
+}
+
+TEST_CASE("cli: gate states per backend how many checks ran and passed") {
+  const fs::path dir = fresh_dir("gate-summary");
+  write(dir / "pass.toml", kPassing);
+  const Result r = run_kvq(dir, {"gate", "pass.toml", "--db", "kvq.db"});
+  INFO(r.out << r.err);
+  CHECK(r.status == 0);
+  // 2 fwht + 2 quantize cases, each checked on ref (the scenario names ref).
+  CHECK_THAT(r.out, Contains("  ref      4 of 4 checks ran, 4 passed, 0 failed\n"));
+}
+
+// KVQ_MAX_ISA=scalar makes avx2 and avx512 unavailable on any machine (docs/readme-avx.md).
+TEST_CASE("cli: gate exits 1 when a named backend is unavailable or no check ran") {
+  const fs::path dir = fresh_dir("gate-skip");
+  write(dir / "pass.toml", kPassing);
+  write(dir / "named.toml", "[scenario]\nbackends = [\"ref\", \"avx2\"]\n" + kPassingCases);
+  write(dir / "measured.toml",
+        "[[case]]\nop = \"fwht\"\ntokens = 2\nn = 8\ngate = \"none\"\nbackends = [\"ref\"]\n");
+  ::setenv("KVQ_MAX_ISA", "scalar", 1);
+  const Result cli = run_kvq(dir, {"gate", "pass.toml", "--backends", "ref,avx2", "--db", "a.db"});
+  const Result file = run_kvq(dir, {"gate", "named.toml", "--db", "b.db"});
+  const Result only = run_kvq(dir, {"gate", "pass.toml", "--backends", "avx512", "--db", "c.db"});
+  const Result allowed =
+      run_kvq(dir, {"gate", "pass.toml", "--backends", "ref,avx2", "--allow-skip", "--db", "d.db"});
+  // Without any backend list the run takes every available one: here ref only, none named.
+  write(dir / "unnamed.toml", kPassingCases);
+  const Result unnamed = run_kvq(dir, {"gate", "unnamed.toml", "--db", "e.db"});
+  ::unsetenv("KVQ_MAX_ISA");
+  for (const Result* r : {&cli, &file}) {
+    INFO(r->out << r->err);
+    CHECK(r->status == 1);
+    REQUIRE(r->err_lines().size() == 1);
+    CHECK_THAT(r->err, StartsWith("kvq gate: FAIL: backend 'avx2' was named but 4 of its checks "
+                                  "did not run (not available: "));
+    CHECK_THAT(r->err, Contains("--allow-skip"));
+    CHECK_THAT(r->out, Contains("  avx2     0 of 4 checks ran, 0 passed, 0 failed, 4 skipped"));
+  }
+  INFO(only.out << only.err);
+  CHECK(only.status == 1);
+  CHECK_THAT(only.err, StartsWith("kvq gate: FAIL: backend 'avx512' was named"));
+  INFO(allowed.out << allowed.err);
+  CHECK(allowed.status == 0);
+  INFO(unnamed.out << unnamed.err);
+  CHECK(unnamed.status == 0);
+  CHECK_THAT(unnamed.out, Contains("  ref      4 of 4 checks ran, 4 passed, 0 failed [not named"));
+
+  const Result measured = run_kvq(dir, {"gate", "measured.toml", "--db", "f.db"});
+  INFO(measured.out << measured.err);
+  CHECK(measured.status == 1);
+  REQUIRE(measured.err_lines().size() == 1);
+  CHECK_THAT(measured.err, StartsWith("kvq gate: FAIL: no check ran (1 cases, 0 checks skipped, "
+                                      "1 measured)"));
+  CHECK(run_kvq(dir, {"gate", "measured.toml", "--allow-skip", "--db", "f.db"}).status == 0);
+  CHECK(run_kvq(dir, {"run", "measured.toml", "--db", "f.db"}).status == 0);
+}
+
+TEST_CASE("cli: run and gate exit 2 on a scenario without a case or a filter matching none") {
+  const fs::path dir = fresh_dir("nocase");
+  write(dir / "empty.toml", "");
+  write(dir / "header.toml", "[scenario]\nname = \"h\"\n");
+  write(dir / "pass.toml", kPassing);
+  for (const char* sub : {"run", "gate"}) {
+    for (const char* file : {"empty.toml", "header.toml"}) {
+      const Result r = run_kvq(dir, {sub, file, "--db", "kvq.db"});
+      INFO(sub << " " << file << ": " << r.out << r.err);
+      CHECK(r.status == 2);
+      REQUIRE(r.err_lines().size() == 1);
+      CHECK_THAT(r.err, StartsWith(std::string("kvq: ") + file + ": the scenario has no case"));
+    }
+    const Result r = run_kvq(dir, {sub, "pass.toml", "--filter", "^nomatch$", "--db", "kvq.db"});
+    INFO(r.out << r.err);
+    CHECK(r.status == 2);
+    REQUIRE(r.err_lines().size() == 1);
+    CHECK_THAT(r.err, StartsWith("kvq: --filter '^nomatch$' matches none of the 4 cases of "
+                                 "pass.toml"));
+  }
+  // Nothing ran, so nothing was written.
+  CHECK_FALSE(fs::exists(dir / "kvq.db"));
+  // An empty --shard slice is not an error: a job array may have more tasks than cases.
+  CHECK(run_kvq(dir, {"run", "pass.toml", "--shard", "5/8", "--db", "kvq.db"}).status == 0);
 }
 
 TEST_CASE("cli: report reads the last run back as table, csv and json") {

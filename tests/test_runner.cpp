@@ -276,6 +276,72 @@ n = 8
   CHECK(summary.failed == 0);
   CHECK(scalar(options.db, "SELECT got FROM checks WHERE backend = 'ghost'") ==
         "not available: test: never available");
+  // The scenario names ghost, so the gate fails on its skip unless --allow-skip.
+  REQUIRE(summary.backends.size() == 2);
+  CHECK(summary.backends[1].backend == "ghost");
+  CHECK(summary.backends[1].named);
+  CHECK(summary.backends[1].ran() == 0);
+  CHECK_THAT(kvq::gate_failure(summary, false),
+             Catch::Matchers::Contains("backend 'ghost' was named") &&
+                 Catch::Matchers::Contains("not available: test: never available"));
+  CHECK(kvq::gate_failure(summary, true).empty());
+}
+
+TEST_CASE("runner: the gate fails when a named backend lacks a case's op, or no check ran") {
+  const fs::path dir = fresh_dir("lacks");
+  const kvq::Scenario s = write_scenario(dir, R"([[case]]
+op = "rotate_v"
+tokens = 2
+heads = 2
+head_dim = 8
+
+[[case]]
+op = "fwht"
+tokens = 2
+n = 8
+)");
+  kvq::RunOptions options;
+  options.db = (dir / "kvq.db").string();
+  options.backends = {"ref", "flip"};
+  options.filter = "rotate_v";
+  options.extra_backends.push_back({"flip", true, "test: flips one bit", &make_flip});
+  kvq::RunSummary summary = kvq::run_scenario(s, options);
+  // ref: 1 of 1 ran and passed; flip: 0 of 1 ran (FlipBackend declares rotate_v unsupported).
+  REQUIRE(summary.backends.size() == 2);
+  CHECK(summary.backends[0].backend == "ref");
+  CHECK(summary.backends[0].ran() == 1);
+  CHECK(summary.backends[0].passed == 1);
+  CHECK(summary.backends[1].backend == "flip");
+  CHECK(summary.backends[1].ran() == 0);
+  CHECK(summary.backends[1].skipped == 1);
+  CHECK(summary.failed == 0);
+  CHECK_THAT(kvq::gate_failure(summary, false),
+             Catch::Matchers::Contains("backend 'flip' was named") &&
+                 Catch::Matchers::Contains("does not implement rotate_v"));
+  CHECK(kvq::gate_failure(summary, true).empty());
+
+  // Only the unavailable backend: no check ran at all.
+  options.backends = {"ghost"};
+  options.filter = "fwht";
+  options.extra_backends.push_back({"ghost", false, "test: never available", nullptr});
+  summary = kvq::run_scenario(s, options);
+  CHECK(summary.passed == 0);
+  CHECK(summary.skipped == 1);
+  CHECK_THAT(kvq::gate_failure(summary, false), Catch::Matchers::Contains("'ghost'"));
+  CHECK(kvq::gate_failure(summary, true).empty());
+  // A run whose cases are measured only (gate = "none") has no check either.
+  const kvq::Scenario measured = write_scenario(dir, R"([[case]]
+op = "fwht"
+tokens = 2
+n = 8
+gate = "none"
+)");
+  options.backends = {"ref"};
+  options.filter.clear();
+  summary = kvq::run_scenario(measured, options);
+  CHECK(summary.measured == 1);
+  CHECK_THAT(kvq::gate_failure(summary, false), Catch::Matchers::StartsWith("no check ran"));
+  CHECK(kvq::gate_failure(summary, true).empty());
 }
 
 TEST_CASE("runner: --filter selects cases by regex; a bad regex or backend is an error") {
