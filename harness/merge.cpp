@@ -212,15 +212,11 @@ MergeSummary merge_into(const std::vector<std::string>& inputs, const std::strin
     attach.reset();
     try {
       check_input(db, path);
-      // BEGIN IMMEDIATE: a `kvq run` writing the output at the same time waits, it is not lost.
-      exec(db, "BEGIN IMMEDIATE", output);
-      try {
-        copy_runs(db, path, output, summary);
-        exec(db, "COMMIT", output);
-      } catch (...) {
-        sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr);
-        throw;
-      }
+      // BEGIN IMMEDIATE: a `kvq run` writing the output at the same time waits, it is not lost;
+      // rolled back when an input fails.
+      WriteTransaction tx(store, "merge of " + path);
+      copy_runs(db, path, output, summary);
+      tx.commit();
     } catch (...) {
       sqlite3_exec(db, "DETACH DATABASE src", nullptr, nullptr, nullptr);
       throw;

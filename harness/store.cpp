@@ -4,12 +4,14 @@
 #include <unistd.h>
 
 #include <array>
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <memory>
 #include <set>
 #include <sstream>
+#include <thread>
 
 #include "harness/sha256.h"
 #include "reference/error.h"
@@ -77,27 +79,6 @@ int64_t pragma_int(sqlite3* db, const char* sql, const std::string& where) {
   return sqlite3_column_int64(st.get(), 0);
 }
 
-// Rolls back an open transaction unless commit() was reached (a killed or failing case leaves
-// nothing behind, DESIGN.md "Results").
-class Transaction {
- public:
-  Transaction(sqlite3* db, const std::string& where) : db_(db), where_(where) {
-    exec(db_, "BEGIN IMMEDIATE", where_);
-  }
-  ~Transaction() {
-    if (open_) sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
-  }
-  void commit() {
-    exec(db_, "COMMIT", where_);
-    open_ = false;
-  }
-
- private:
-  sqlite3* db_;
-  std::string where_;
-  bool open_ = true;
-};
-
 std::string command_output(const std::string& command) {
   std::string out;
   FILE* pipe = ::popen(command.c_str(), "r");
@@ -156,6 +137,57 @@ std::string compiler() {
 }
 
 }  // namespace
+
+int Store::wait_for_lock(const std::string& step, const std::function<int()>& attempt) {
+  using clock = std::chrono::steady_clock;
+  const auto start = clock::now(), deadline = start + lock_wait_;
+  for (int tries = 0;; ++tries) {
+    // The busy handler waits at most until the deadline, so the whole step stays bounded.
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - clock::now());
+    sqlite3_busy_timeout(db_, static_cast<int>(std::max<int64_t>(left.count(), 0)));
+    const int rc = attempt();
+    const int primary = rc & 0xff;
+    if (primary != SQLITE_BUSY && primary != SQLITE_LOCKED) {
+      sqlite3_busy_timeout(db_, static_cast<int>(lock_wait_.count()));
+      return rc;
+    }
+    if (clock::now() >= deadline) {
+      const double waited = std::chrono::duration<double>(clock::now() - start).count();
+      char text[160];
+      std::snprintf(text, sizeof text,
+                    ": database is locked (waited %.1f s for another process's lock, the limit "
+                    "is %.1f s)",
+                    waited, std::chrono::duration<double>(lock_wait_).count());
+      throw Error(path_ + ": " + step + text);
+    }
+    // Called at once with SQLITE_BUSY: back off 1, 2, 4 .. 64 ms before the next try.
+    std::this_thread::sleep_for(std::chrono::milliseconds(1 << std::min(tries, 6)));
+  }
+}
+
+WriteTransaction::WriteTransaction(Store& store, const std::string& step)
+    : store_(store), step_(step) {
+  sqlite3* db = store_.handle();
+  if (store_.wait_for_lock(step_, [&] {
+        return sqlite3_exec(db, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr);
+      }) != SQLITE_OK)
+    throw Error(store_.path() + ": " + step_ + ": " + sqlite3_errmsg(db));
+}
+
+WriteTransaction::~WriteTransaction() {
+  if (open_) sqlite3_exec(store_.handle(), "ROLLBACK", nullptr, nullptr, nullptr);
+}
+
+void WriteTransaction::commit() {
+  // In WAL mode COMMIT takes no further lock; without WAL (a filesystem that refuses it) it
+  // waits for readers, and a COMMIT that returned SQLITE_BUSY may be retried.
+  sqlite3* db = store_.handle();
+  if (store_.wait_for_lock(step_ + " (commit)", [&] {
+        return sqlite3_exec(db, "COMMIT", nullptr, nullptr, nullptr);
+      }) != SQLITE_OK)
+    throw Error(store_.path() + ": " + step_ + ": " + sqlite3_errmsg(db));
+  open_ = false;
+}
 
 void set_gpu_name_provider(GpuNameProvider provider) {
   g_gpu_name_provider = provider;
@@ -227,7 +259,8 @@ sqlite3* open_read_only(const std::string& path) {
 
 }  // namespace
 
-Store::Store(const std::string& path, StoreAccess access) : path_(path) {
+Store::Store(const std::string& path, StoreAccess access, std::chrono::milliseconds lock_wait)
+    : path_(path), lock_wait_(lock_wait) {
   if (access == StoreAccess::ReadOnly) {
     db_ = open_read_only(path);
     try {
@@ -260,29 +293,48 @@ Store::Store(const std::string& path, StoreAccess access) : path_(path) {
     throw Error(path + ": cannot open database (" + why + ")");
   }
   try {
-    sqlite3_busy_timeout(db_, 10000);  // several writers (shards, GPU run) share one file
+    sqlite3_busy_timeout(db_, static_cast<int>(lock_wait_.count()));
     exec(db_, "PRAGMA foreign_keys = ON", path);
     const auto check_version = [&](int64_t version) {
       if (version != 0 && version != kSchemaVersion)
         throw Error(path + ": schema version " + std::to_string(version) + ", this kvq expects " +
                     std::to_string(kSchemaVersion));
     };
-    const int64_t found = pragma_int(db_, "PRAGMA user_version", path);
+    // The version and the tables in one statement, so one snapshot: read apart, another process
+    // creating the schema in between would make a new kvq database look like a foreign one.
+    int64_t found = 0, tables = 0;
+    const auto read_version = [&] {
+      Statement st(db_,
+                   "SELECT (SELECT user_version FROM pragma_user_version), (SELECT count(*) FROM "
+                   "sqlite_master WHERE name NOT LIKE 'sqlite_%')",
+                   path);
+      const int rc = sqlite3_step(st.get());
+      if (rc == SQLITE_ROW) {
+        found = sqlite3_column_int64(st.get(), 0);
+        tables = sqlite3_column_int64(st.get(), 1);
+      }
+      return rc == SQLITE_ROW ? SQLITE_OK : rc;
+    };
+    if (wait_for_lock("reading the schema version", read_version) != SQLITE_OK)
+      throw Error(path + ": " + sqlite3_errmsg(db_));
     check_version(found);  // before anything changes a database of another version
     // Version 0 with tables of its own is some other program's database: adding kvq's tables
     // (and WAL mode) beside them would change a file kvq does not own.
-    if (found == 0 &&
-        pragma_int(db_, "SELECT count(*) FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'",
-                   path) > 0)
+    if (found == 0 && tables > 0)
       throw Error(path + ": an SQLite database that is not a kvq results store (it has tables "
                   "of its own and no kvq schema version); give a new or kvq database");
-    {
+    // The switch to WAL reads the header, then upgrades to a write lock: SQLite answers
+    // SQLITE_BUSY at once, without its busy handler, when another process writes meanwhile.
+    const auto switch_to_wal = [&] {
       Statement wal(db_, "PRAGMA journal_mode = WAL", path);
-      if (sqlite3_step(wal.get()) != SQLITE_ROW) throw Error(path + ": " + sqlite3_errmsg(db_));
-    }
+      const int rc = sqlite3_step(wal.get());
+      return rc == SQLITE_ROW ? SQLITE_OK : rc;
+    };
+    if (wait_for_lock("switch to WAL", switch_to_wal) != SQLITE_OK)
+      throw Error(path + ": switch to WAL: " + sqlite3_errmsg(db_));
     if (found == 0) {
       // Another process may be creating the schema at the same moment: decide under the lock.
-      Transaction tx(db_, path);
+      WriteTransaction tx(*this, "schema creation");
       const int64_t version = pragma_int(db_, "PRAGMA user_version", path);
       check_version(version);
       if (version == 0) {
@@ -303,6 +355,7 @@ Store::~Store() {
 }
 
 int64_t Store::begin_run(const RunInfo& info) {
+  WriteTransaction tx(*this, "begin run");
   Statement st(db_,
                "INSERT INTO runs (started, status, git_sha, host, cpu_flags, compiler, "
                "build_type, gpu, scenario, scenario_hash, command) VALUES "
@@ -312,14 +365,16 @@ int64_t Store::begin_run(const RunInfo& info) {
   st.text(5, info.build_type).text(6, info.gpu).text(7, info.scenario);
   st.text(8, info.scenario_hash).text(9, info.command);
   st.run(path_ + ": begin_run");
-  return sqlite3_last_insert_rowid(db_);
+  const int64_t id = sqlite3_last_insert_rowid(db_);
+  tx.commit();
+  return id;
 }
 
 int64_t Store::add_case(int64_t run_id, const CaseRecord& record,
                         const std::vector<CheckRecord>& checks,
                         const std::vector<Measurement>& measurements) {
   const std::string where = path_ + ": case '" + record.name + "'";
-  Transaction tx(db_, where);
+  WriteTransaction tx(*this, "case '" + record.name + "'");
   Statement c(db_,
               "INSERT INTO cases (run_id, name, op, params_json, repro) VALUES (?, ?, ?, ?, ?)",
               where);
@@ -352,12 +407,14 @@ void Store::finish_run(int64_t run_id, const std::string& status) {
   const std::string where = path_ + ": run " + std::to_string(run_id);
   if (status != "complete" && status != "failed")
     throw Error(where + ": finish status must be 'complete' or 'failed', got '" + status + "'");
+  WriteTransaction tx(*this, "finish run " + std::to_string(run_id));
   Statement st(db_,
                "UPDATE runs SET status = ?, finished = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') "
                "WHERE id = ?",
                where);
   st.text(1, status).integer(2, run_id).run(where);
   if (sqlite3_changes(db_) != 1) throw Error(where + ": no such run");
+  tx.commit();
 }
 
 std::vector<std::pair<std::string, std::string>> named_queries() {

@@ -2,7 +2,9 @@
 // PRAGMA user_version), one transaction per case so a killed run leaves only whole cases.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -51,11 +53,19 @@ struct Measurement {
 // nothing and refuses ATTACH, and also reads a database in a folder it cannot write.
 enum class StoreAccess { ReadWrite, ReadOnly };
 
+// How long each write step (the WAL switch, the schema, begin and finish of a run, each case, a
+// merge) waits for another process's lock on the database before it gives up: several `kvq run`
+// shards, a merge and a report may share one file, and a loaded machine can hold a lock for
+// seconds. Bounded, so a database held forever fails with a message instead of hanging.
+constexpr std::chrono::milliseconds kLockWait{60000};
+
 class Store {
  public:
-  // Opens or creates the database (parent folders too), applies the schema, enables WAL and a
-  // busy timeout. Throws kvq::Error naming the path on a schema version mismatch.
-  explicit Store(const std::string& path, StoreAccess access = StoreAccess::ReadWrite);
+  // Opens or creates the database (parent folders too), enables WAL, applies the schema. Throws
+  // kvq::Error naming the path on a schema version mismatch, and naming the path, the step and
+  // the time waited when the lock stays taken for longer than `lock_wait`.
+  explicit Store(const std::string& path, StoreAccess access = StoreAccess::ReadWrite,
+                 std::chrono::milliseconds lock_wait = kLockWait);
   ~Store();
   Store(const Store&) = delete;
   Store& operator=(const Store&) = delete;
@@ -69,9 +79,35 @@ class Store {
   sqlite3* handle() { return db_; }
   const std::string& path() const { return path_; }
 
+  // Calls `attempt` (one SQLite call, returning its result code) until it returns anything but
+  // SQLITE_BUSY or SQLITE_LOCKED, for at most the lock wait: SQLite's busy handler waits inside
+  // each call, and the loop retries the calls that return SQLITE_BUSY at once (the WAL switch
+  // upgrading its read lock to a write lock). Throws kvq::Error "PATH: STEP: database is locked
+  // (waited N s, the limit)" when the time is up; returns the final result code otherwise.
+  int wait_for_lock(const std::string& step, const std::function<int()>& attempt);
+
  private:
   sqlite3* db_ = nullptr;
   std::string path_;
+  std::chrono::milliseconds lock_wait_;
+};
+
+// A write transaction: BEGIN IMMEDIATE (the write lock is taken at the start, waiting for it as
+// Store::wait_for_lock does; a deferred transaction upgrading later would fail at once when
+// another writer holds it), rolled back on destruction unless commit() ran. `step` names it in
+// errors ("begin run", "case 'x'", ...).
+class WriteTransaction {
+ public:
+  WriteTransaction(Store& store, const std::string& step);
+  ~WriteTransaction();
+  WriteTransaction(const WriteTransaction&) = delete;
+  WriteTransaction& operator=(const WriteTransaction&) = delete;
+  void commit();
+
+ private:
+  Store& store_;
+  std::string step_;
+  bool open_ = true;
 };
 
 constexpr int kSchemaVersion = 1;

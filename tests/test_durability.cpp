@@ -1,13 +1,16 @@
 // The results store under a killed run and under concurrent writers (DESIGN.md "Results": one
 // transaction per case; STYLE.md: SQLite's own kill tests). Runs the real `kvq run` in child
-// processes ($KVQ_BIN) and reads the database afterwards with plain SQLite.
+// processes ($KVQ_BIN), under a load the test makes itself for the concurrent case, and reads
+// the database afterwards with plain SQLite.
 #include <sqlite3.h>
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -83,6 +86,83 @@ int64_t committed_cases(const fs::path& db) {
   return n;
 }
 
+// A niced busy loop on every core, from construction to destruction. Each is a child process
+// ended by its PID (SIGKILL, then reaped); each also exits by itself after `limit`, so none
+// outlives a test that crashed.
+class CpuLoad {
+ public:
+  explicit CpuLoad(std::chrono::seconds limit) {
+    const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+    for (unsigned i = 0; i < cores; ++i) {
+      const pid_t pid = ::fork();
+      if (pid < 0) FAIL("fork failed");
+      if (pid == 0) {
+        (void)::nice(19);  // the machine is shared: the load yields to everyone else first
+        const auto end = std::chrono::steady_clock::now() + limit;
+        volatile uint64_t sink = 0;
+        while (std::chrono::steady_clock::now() < end)
+          for (int k = 0; k < 1000000; ++k) sink = sink + static_cast<uint64_t>(k);
+        ::_exit(0);
+      }
+      pids_.push_back(pid);
+    }
+  }
+  ~CpuLoad() {
+    for (pid_t pid : pids_) ::kill(pid, SIGKILL);
+    for (pid_t pid : pids_) ::waitpid(pid, nullptr, 0);
+  }
+  CpuLoad(const CpuLoad&) = delete;
+  CpuLoad& operator=(const CpuLoad&) = delete;
+
+ private:
+  std::vector<pid_t> pids_;
+};
+
+// Another writer, as `kvq merge` is one: a child process that takes the database's write lock
+// (BEGIN IMMEDIATE) for 30 ms, releases it for 30 ms, and again, writing nothing. It creates the
+// database file and holds the lock before the constructor returns, so the `kvq run` processes
+// meet it from their first step (the WAL switch) on. Ended by its PID; exits by itself after
+// `limit`.
+class LockHolder {
+ public:
+  LockHolder(const fs::path& db, std::chrono::seconds limit) {
+    int ready[2];
+    if (::pipe(ready) != 0) FAIL("pipe failed");
+    pid_ = ::fork();
+    if (pid_ < 0) FAIL("fork failed");
+    if (pid_ == 0) {
+      ::close(ready[0]);
+      sqlite3* h = nullptr;
+      if (sqlite3_open(db.c_str(), &h) != SQLITE_OK) ::_exit(3);
+      sqlite3_busy_timeout(h, 60000);
+      const auto end = std::chrono::steady_clock::now() + limit;
+      for (bool first = true; std::chrono::steady_clock::now() < end; first = false) {
+        if (sqlite3_exec(h, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr) == SQLITE_OK) {
+          if (first && ::write(ready[1], "x", 1) != 1) ::_exit(4);
+          std::this_thread::sleep_for(std::chrono::milliseconds(30));
+          sqlite3_exec(h, "ROLLBACK", nullptr, nullptr, nullptr);
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(30));
+      }
+      ::_exit(0);
+    }
+    ::close(ready[1]);
+    char byte = 0;
+    const bool holding = ::read(ready[0], &byte, 1) == 1;
+    ::close(ready[0]);
+    if (!holding) FAIL("the lock holder did not take the lock");
+  }
+  ~LockHolder() {
+    ::kill(pid_, SIGKILL);
+    ::waitpid(pid_, nullptr, 0);
+  }
+  LockHolder(const LockHolder&) = delete;
+  LockHolder& operator=(const LockHolder&) = delete;
+
+ private:
+  pid_t pid_ = -1;
+};
+
 }  // namespace
 
 TEST_CASE("durability: a SIGKILLed run leaves only whole cases and its run marked incomplete") {
@@ -149,33 +229,44 @@ TEST_CASE("durability: a SIGKILLed run leaves only whole cases and its run marke
   CHECK(after.integer("SELECT count(*) FROM cases WHERE run_id = 4") == 3);
 }
 
-TEST_CASE("durability: two kvq run processes writing one database concurrently lose no rows") {
+TEST_CASE("durability: concurrent kvq run writers on a busy machine lose no run and no row") {
+  // The load is the test's own, so it cannot pass by luck on an idle machine: a niced busy loop
+  // on every core for the whole test, a LockHolder taking the write lock in bursts, and
+  // kWriters `kvq run` processes started together on one new database (they race for the WAL
+  // switch and the schema too), for kRounds fresh databases. Every process is ended by its PID.
+  constexpr int kWriters = 5, kRounds = 2, kTotal = 24;
   const fs::path dir = fresh_dir("concurrent");
-  const int total = 60;
-  const fs::path scenario = write_scenario(dir, total, 64);
-  // Both start on a database that does not exist yet, so they also race to create the schema.
-  const fs::path db = dir / "shared.db";
-  KvqProcess a({"run", scenario.string(), "--db", db.string()}, dir, "a");
-  KvqProcess b({"run", scenario.string(), "--db", db.string()}, dir, "b");
-  const int status_a = a.wait(), status_b = b.wait();
-  INFO("a: " << a.err() << "\nb: " << b.err());
-  CHECK(status_a == 0);
-  CHECK(status_b == 0);
-
-  const Db d(db);
-  CHECK(d.text("PRAGMA integrity_check") == "ok");
-  CHECK(d.integer("SELECT count(*) FROM runs WHERE status = 'complete'") == 2);
-  CHECK(d.integer("SELECT count(*) FROM runs") == 2);
-  for (int run = 1; run <= 2; ++run) {
-    const std::string r = std::to_string(run);
-    CHECK(d.integer("SELECT count(*) FROM cases WHERE run_id = " + r) == total);
-    CHECK(d.integer("SELECT count(DISTINCT name) FROM cases WHERE run_id = " + r) == total);
-    CHECK(d.integer("SELECT count(*) FROM checks k JOIN cases c ON k.case_id = c.id WHERE "
-                    "c.run_id = " + r) == 2 * total);
+  const fs::path scenario = write_scenario(dir, kTotal, 64);
+  const CpuLoad load(std::chrono::minutes(5));
+  for (int round = 0; round < kRounds; ++round) {
+    const fs::path db = dir / ("shared" + std::to_string(round) + ".db");
+    const LockHolder holder(db, std::chrono::minutes(5));
+    std::vector<std::unique_ptr<KvqProcess>> writers;
+    for (int w = 0; w < kWriters; ++w)
+      writers.push_back(std::make_unique<KvqProcess>(
+          std::vector<std::string>{"run", scenario.string(), "--db", db.string()}, dir,
+          "w" + std::to_string(w)));
+    for (auto& w : writers) {
+      const int status = w->wait();
+      INFO("round " << round << ", stderr: " << w->err());
+      CHECK(status == 0);
+    }
+    INFO("round " << round);
+    const Db d(db);
+    CHECK(d.text("PRAGMA integrity_check") == "ok");
+    CHECK(d.integer("SELECT count(*) FROM runs WHERE status = 'complete'") == kWriters);
+    CHECK(d.integer("SELECT count(*) FROM runs") == kWriters);
+    for (int run = 1; run <= kWriters; ++run) {
+      const std::string r = std::to_string(run);
+      CHECK(d.integer("SELECT count(*) FROM cases WHERE run_id = " + r) == kTotal);
+      CHECK(d.integer("SELECT count(DISTINCT name) FROM cases WHERE run_id = " + r) == kTotal);
+      CHECK(d.integer("SELECT count(*) FROM checks k JOIN cases c ON k.case_id = c.id WHERE "
+                      "c.run_id = " + r) == 2 * kTotal);
+    }
+    // Every run wrote the same cases, so the same statuses, whichever interleaving happened.
+    CHECK(d.integer("SELECT count(*) FROM checks k1 JOIN cases c1 ON k1.case_id = c1.id "
+                    "JOIN cases c2 ON c2.name = c1.name AND c2.run_id != c1.run_id "
+                    "JOIN checks k2 ON k2.case_id = c2.id AND k2.backend = k1.backend "
+                    "WHERE k1.status = k2.status") == kWriters * (kWriters - 1) * 2 * kTotal);
   }
-  // Both runs wrote the same cases, so the same statuses, whichever interleaving happened.
-  CHECK(d.integer("SELECT count(*) FROM checks k1 JOIN cases c1 ON k1.case_id = c1.id "
-                  "JOIN cases c2 ON c2.name = c1.name AND c2.run_id = 2 "
-                  "JOIN checks k2 ON k2.case_id = c2.id AND k2.backend = k1.backend "
-                  "WHERE c1.run_id = 1 AND k1.status = k2.status") == 2 * total);
 }

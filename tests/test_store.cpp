@@ -4,12 +4,14 @@
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
+#include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <set>
 #include <sstream>
+#include <thread>
 
 #include "harness/sha256.h"
 #include "harness/store.h"
@@ -192,6 +194,94 @@ TEST_CASE("store: two Store objects on one file both write") {
   b.finish_run(rb, "failed");
   CHECK(count(a, "cases") == 2);
   CHECK(count(b, "runs") == 2);
+}
+
+namespace {
+
+// Another connection to `path` (the lock behaves as another process's: SQLite locks per file).
+struct RawConnection {
+  explicit RawConnection(const std::string& path) {
+    fs::create_directories(fs::path(path).parent_path());
+    REQUIRE(sqlite3_open(path.c_str(), &h) == SQLITE_OK);
+  }
+  ~RawConnection() { sqlite3_close(h); }
+  void exec(const char* sql) {
+    REQUIRE(sqlite3_exec(h, sql, nullptr, nullptr, nullptr) == SQLITE_OK);
+  }
+  sqlite3* h = nullptr;
+};
+
+// The kvq::Error message `f` throws, or "" when it throws none.
+template <typename F>
+std::string error_of(F f) {
+  try {
+    f();
+  } catch (const kvq::Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+// The message of a write step that found the lock taken for the whole 0.2 s it may wait.
+bool is_lock_timeout(const std::string& message, const std::string& path, const std::string& step) {
+  return message.rfind(path + ": " + step + ": database is locked (waited ", 0) == 0 &&
+         message.find("the limit is 0.2 s)") != std::string::npos;
+}
+
+}  // namespace
+
+TEST_CASE("store: each write step that finds the lock taken names the database, step and wait") {
+  using namespace std::chrono_literals;
+  // Begin run, each case, finish run: another writer holds the (WAL) write lock.
+  const std::string path = fresh_db("locked");
+  kvq::Store store(path, kvq::StoreAccess::ReadWrite, 200ms);
+  const int64_t run = store.begin_run(run_info());
+  {
+    RawConnection other(path);
+    other.exec("BEGIN IMMEDIATE");
+    const std::string begin = error_of([&] { store.begin_run(run_info()); });
+    CHECK(is_lock_timeout(begin, path, "begin run"));
+    const std::string add = error_of(
+        [&] { store.add_case(run, {"x", "fwht", "{}", "r"}, {check("ref", "pass")}, {}); });
+    CHECK(is_lock_timeout(add, path, "case 'x'"));
+    const std::string finish = error_of([&] { store.finish_run(run, "complete"); });
+    CHECK(is_lock_timeout(finish, path, "finish run 1"));
+  }
+  store.finish_run(run, "complete");  // released: the same steps go through
+  CHECK(count(store, "runs") == 1);
+
+  // Schema creation: a new (empty) WAL database, its write lock taken.
+  const std::string fresh = fresh_db("locked-schema");
+  RawConnection other(fresh);
+  other.exec("PRAGMA journal_mode = WAL");
+  other.exec("BEGIN IMMEDIATE");
+  const std::string schema = error_of([&] { kvq::Store s(fresh, kvq::StoreAccess::ReadWrite, 200ms); });
+  CHECK(is_lock_timeout(schema, fresh, "schema creation"));
+}
+
+TEST_CASE("store: the switch to WAL waits for another writer instead of failing at once") {
+  using namespace std::chrono_literals;
+  // A new (empty) database, still in rollback-journal mode, whose write lock another connection
+  // holds: the switch reads the header, then upgrades, which SQLite answers at once with
+  // SQLITE_BUSY.
+  const std::string path = fresh_db("wal-switch");
+  RawConnection other(path);
+  other.exec("BEGIN IMMEDIATE");
+  const std::string message =
+      error_of([&] { kvq::Store s(path, kvq::StoreAccess::ReadWrite, 200ms); });
+  CHECK(is_lock_timeout(message, path, "switch to WAL"));
+  // The same lock released after 300 ms: a store that may wait 60 s opens once it is free.
+  std::thread release([&] {
+    std::this_thread::sleep_for(300ms);
+    sqlite3_exec(other.h, "ROLLBACK", nullptr, nullptr, nullptr);
+  });
+  const std::string opened = error_of([&] {
+    kvq::Store store(path);
+    CHECK(kvq::run_query(store.handle(), "PRAGMA journal_mode").rows.at(0).at(0) == "wal");
+    CHECK(count(store, "runs") == 0);
+  });
+  release.join();
+  CHECK(opened == "");
 }
 
 TEST_CASE("store: named queries run on a small populated database") {
