@@ -112,14 +112,30 @@ inline void prefetch_piece(const uint8_t* at, int64_t bytes, int64_t i, int64_t 
     _mm_prefetch(reinterpret_cast<const char*>(at + 64 * l), static_cast<_mm_hint>(Hint));
 }
 
-// Scale and zero of groups [0, gpl) of rows row0 .. row0 + n - 1 into sz[0][g][j], sz[1][g][j].
+// Scale and zero of groups [0, gpl) of rows row0 .. row0 + n - 1 into sz[0][g][j], sz[1][g][j]:
+// W rows at a time by 32-bit gathers (the fp16 in the low half) while the 2 bytes read past a
+// tile's last value stay inside the arrays, the rest a row at a time.
 template <class S>
 inline void load_scales(const DecodePart& part, int64_t row0, int64_t n, float* sz) {
-  const int64_t gpl = part.spec.groups_per_line;
-  alignas(64) float s[S::W], z[S::W];
-  for (int64_t j = 0; j < n; ++j)
-    for (int64_t g0 = 0; g0 < gpl; g0 += S::W) {  // widen a row's groups, then transpose
-      const int w = gpl - g0 < S::W ? static_cast<int>(gpl - g0) : S::W;
+  constexpr int W = S::W;
+  const int64_t gpl = part.spec.groups_per_line, total = part.spec.rows * gpl;
+  alignas(64) int32_t off[W];
+  for (int l = 0; l < W; ++l) off[l] = static_cast<int32_t>(2 * l * gpl);
+  const typename S::VI voff = S::load_i(off), low = S::seti(0xFFFF);
+  int64_t j = 0;
+  for (; j + W <= n && (row0 + j + W) * gpl < total; j += W)
+    for (int64_t g = 0; g < gpl; ++g) {
+      const int64_t i = (row0 + j) * gpl + g;
+      const auto* s = reinterpret_cast<const uint8_t*>(part.scale + i);
+      const auto* z = reinterpret_cast<const uint8_t*>(part.zero + i);
+      S::store(sz + g * kCodeBlock + j, S::from_half_bits(S::andi(S::gather_u32(s, voff), low)));
+      S::store(sz + (gpl + g) * kCodeBlock + j,
+               S::from_half_bits(S::andi(S::gather_u32(z, voff), low)));
+    }
+  alignas(64) float s[W], z[W];
+  for (; j < n; ++j)
+    for (int64_t g0 = 0; g0 < gpl; g0 += W) {  // widen a row's groups, then transpose
+      const int w = gpl - g0 < W ? static_cast<int>(gpl - g0) : W;
       const int64_t i = (row0 + j) * gpl + g0;
       S::store(s, S::load_f16_n(part.scale + i, w));
       S::store(z, S::load_f16_n(part.zero + i, w));
