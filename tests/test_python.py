@@ -306,6 +306,13 @@ def test_torch(rng):
     got = kvq.fwht(xd, 64, backend="cuda")
     check(got.is_cuda and same_bits(got.cpu().numpy(), kvq.fwht(x, 64)),
           "cuda: fwht of a CUDA tensor stays on the device, bit-equal to ref")
+    kd = torch.from_numpy(rng.standard_normal((8, 4, 32), dtype=np.float32)).cuda()
+    perm = rng.permutation(128).astype(np.int32)
+    check(same_bits(kvq.rotate_k(kd, 4, perm, backend="cuda").cpu().numpy(),
+                    kvq.rotate_k(kd.cpu().numpy(), 4, perm))
+          and same_bits(kvq.rotate_v(kd, backend="cuda").cpu().numpy(),
+                        kvq.rotate_v(kd.cpu().numpy())),
+          "cuda: rotate_k / rotate_v of CUDA tensors bit-equal to ref")
     qd = kvq.quantize(xd, 2, group=32, backend="cuda")
     qh = kvq.quantize(x, 2, group=32)
     check(same_bits(kvq.dequantize(qd, backend="cuda").cpu().numpy(), kvq.dequantize(qh)),

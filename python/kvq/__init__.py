@@ -66,6 +66,8 @@ def reorder(x, perm, backend="ref"):
 def rotate_k(k_pre_rope, head_group=4, perm=None, backend="ref"):
     """RotateKV's key rotation (SPEC.md §2) of pre-RoPE keys [T, H, d]: FWHT over each group of
     head_group heads (g*d a power of two), then the channel reorder perm (int32 [H*d])."""
+    if is_cuda_tensor(k_pre_rope):
+        return _device_op("rotate_k", backend, k_pre_rope)(k_pre_rope, head_group, perm)
     a, t = to_host(k_pre_rope, "rotate_k k_pre_rope")
     p, _ = to_host(perm, "rotate_k perm")
     return back(_kvq.rotate_k(a, head_group, p, backend), t)
@@ -73,6 +75,8 @@ def rotate_k(k_pre_rope, head_group=4, perm=None, backend="ref"):
 
 def rotate_v(v, backend="ref"):
     """Per-head FWHT of values [T, H, d] (SPEC.md §2); self-inverse."""
+    if is_cuda_tensor(v):
+        return _device_op("rotate_v", backend, v)(v)
     a, t = to_host(v, "rotate_v v")
     return back(_kvq.rotate_v(a, backend), t)
 

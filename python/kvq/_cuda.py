@@ -29,6 +29,22 @@ def fwht(x, n):
     return torch.from_dlpack(_device().fwht(x.contiguous(), n))
 
 
+def rotate_k(k_pre_rope, head_group, perm):
+    cuda = _device()
+    k = k_pre_rope.contiguous()
+    _finite(k, "rotate_k input")
+    if isinstance(perm, torch.Tensor):
+        perm = perm.detach().cpu().numpy()
+    return torch.from_dlpack(cuda.rotate_k(k, head_group, perm))
+
+
+def rotate_v(v):
+    cuda = _device()
+    v = v.contiguous()
+    _finite(v, "rotate_v input")
+    return torch.from_dlpack(cuda.rotate_v(v))
+
+
 def quantize(x, bits, group, axis, clip, zero_point):
     cuda = _device()
     x = x.contiguous()
@@ -44,7 +60,7 @@ def rotate_quantize(kv, rotation, head_group, perm, bits, group, axis, clip, zer
     cuda = _device()
     kv = kv.contiguous()
     _finite(kv, "rotate_quantize input")
-    if perm is not None and isinstance(perm, torch.Tensor):
+    if isinstance(perm, torch.Tensor):
         perm = perm.detach().cpu().numpy()
     return cuda.rotate_quantize(kv, rotation, head_group, perm, bits, group, axis, clip,
                                 zero_point)

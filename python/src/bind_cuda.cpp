@@ -1,4 +1,5 @@
-// CUDA tensors for the cuda backend without a host round trip (kvq/_cuda.py wraps these):
+// CUDA tensors for the cuda backend without a host round trip (kvq/_cuda.py wraps these;
+// fwht, rotate_k, rotate_v, quantize, dequantize, rotate_quantize):
 // inputs arrive through DLPack (any producer's __dlpack__: torch, CuPy, JAX), the CUDA
 // backend's own kernels (backends/cuda/kernels.h) run on the device memory they point to, and
 // results are new device allocations handed back through DLPack (torch.from_dlpack), so data
@@ -197,6 +198,52 @@ DeviceArray fwht_device(const py::object& x, int n) {
   return out;
 }
 
+// K/V rows [T, H, d] float32 on the device, validated as the CUDA backend validates them.
+KvShape device_kv_shape(const DeviceInput& in, const std::string& what) {
+  in.require(2, 32, what, "float32");
+  if (in.shape.size() != 3)
+    throw Error(what + ": shape " + shape_string(in.shape) + ", expected [T, H, d]");
+  return {in.shape[0], in.shape[1], in.shape[2]};
+}
+
+DeviceArray copy_of(const DeviceInput& in) {
+  DeviceArray out(in.shape, {2, 32, 1});
+  if (const int64_t n = in.numel())
+    cuda::check(cudaMemcpyAsync(out.data(), in.data(), static_cast<size_t>(n) * 4,
+                                cudaMemcpyDeviceToDevice, nullptr), "copy");
+  return out;
+}
+
+DeviceArray rotate_k_device(const py::object& k, int head_group, const py::object& perm) {
+  const DeviceInput in(k, "rotate_k k_pre_rope");
+  const KvShape shape = device_kv_shape(in, "rotate_k k_pre_rope");
+  check_rotation_shape(shape, head_group);
+  const std::vector<int32_t> p = vector_of<int32_t>(perm, "rotate_k perm");
+  if (!p.empty()) check_permutation(p, shape.channels(), "rotate_k");
+  const int n = static_cast<int>(head_group * shape.head_dim);
+  DeviceArray out = copy_of(in);
+  auto* x = static_cast<float*>(out.data());
+  if (in.numel()) cuda::fwht(x, in.numel(), n, fwht_scale(n), nullptr);
+  if (p.empty() || !in.numel()) return out;
+  DeviceArray reordered(in.shape, {2, 32, 1});
+  const cuda::DeviceBuffer<int32_t> pd{std::span<const int32_t>(p)};
+  cuda::reorder(x, static_cast<float*>(reordered.data()), shape.tokens, shape.channels(),
+                pd.get(), false, nullptr);
+  cuda::check(cudaStreamSynchronize(nullptr), "rotate_k");  // pd is freed on return
+  return reordered;
+}
+
+DeviceArray rotate_v_device(const py::object& v) {
+  const DeviceInput in(v, "rotate_v v");
+  const KvShape shape = device_kv_shape(in, "rotate_v v");
+  check_value_rotation(shape);
+  const int n = static_cast<int>(shape.head_dim);
+  DeviceArray out = copy_of(in);
+  if (in.numel()) cuda::fwht(static_cast<float*>(out.data()), in.numel(), n, fwht_scale(n), nullptr);
+  cuda::check_launch("rotate_v");
+  return out;
+}
+
 DeviceQuantized quantize_device(const py::object& x, int bits, int64_t group,
                                 const std::string& axis, float clip,
                                 const std::string& zero_point) {
@@ -324,6 +371,9 @@ void bind_cuda(py::module_& m) {
       .def_readonly("zero_int", &DeviceQuantized::zero_int)
       .def("to_host", &to_host);
   c.def("fwht", &fwht_device, py::arg("x"), py::arg("n"));
+  c.def("rotate_k", &rotate_k_device, py::arg("k_pre_rope"), py::arg("head_group"),
+        py::arg("perm"));
+  c.def("rotate_v", &rotate_v_device, py::arg("v"));
   c.def("quantize", &quantize_device, py::arg("x"), py::arg("bits"), py::arg("group"),
         py::arg("axis"), py::arg("clip"), py::arg("zero_point"));
   c.def("dequantize", &dequantize_device, py::arg("q"));
