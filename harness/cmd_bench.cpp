@@ -4,6 +4,7 @@
 #include <benchmark/benchmark.h>
 
 #include <boost/program_options.hpp>
+#include <cmath>
 #include <cstdio>
 #include <iostream>
 #include <sstream>
@@ -16,6 +17,7 @@
 #include "harness/scenario.h"
 #include "harness/store.h"
 #include "harness/studies.h"
+#include "reference/error.h"
 
 namespace kvq {
 
@@ -47,9 +49,13 @@ int cmd_bench(int argc, char** argv) {
       "backends to measure (comma or space separated; default: the scenario's)")(
       "filter", po::value(&bench.filter), "regex on 'case/backend'")(
       "min-time", po::value(&bench.min_time), "seconds per measurement (default 0.5)");
-  if (!parse_subcommand_options(argc, argv, options, "kvq bench: ",
-                                PositionalArguments{"scenario", po::value(&scenario), 1}))
-    return 0;  // --help
+  const auto vm = parse_subcommand_options(
+      argc, argv, options, "bench: ", PositionalArguments{"scenario", po::value(&scenario), 1});
+  if (!vm) return 0;  // --help
+  // Checked before any work: inf would never end a measurement, 0 or less means nothing.
+  if (vm->count("min-time") && !(std::isfinite(bench.min_time) && bench.min_time > 0.0))
+    throw Error("bench: --min-time must be a finite number of seconds > 0 (got " +
+                std::to_string(bench.min_time) + ")");
   if (scenario.empty()) {
     std::cout << options << "\n";
     return 2;
@@ -63,7 +69,7 @@ int cmd_bench(int argc, char** argv) {
     const std::string op = c.params.value("op", "");
     if (c.input != "synthetic" || find_study_op(op)) {
       std::fprintf(stderr,
-                   "kvq bench: %s (%s): only synthetic backend-op cases are measured (studies "
+                   "kvq: bench: %s (%s): only synthetic backend-op cases are measured (studies "
                    "run with kvq run), skipped\n",
                    c.name.c_str(), c.where.c_str());
       continue;
@@ -77,7 +83,7 @@ int cmd_bench(int argc, char** argv) {
   const int64_t run_id = store.begin_run(collect_run_info(scenario, command_line(argc, argv)));
   const std::vector<BenchEntry> entries = register_bench_cases(specs, bench);
   if (entries.empty()) {
-    std::fprintf(stderr, "kvq bench: nothing to measure in %s\n", scenario.c_str());
+    std::fprintf(stderr, "kvq: bench: nothing to measure in %s\n", scenario.c_str());
     store.finish_run(run_id, "failed");
     return 2;
   }

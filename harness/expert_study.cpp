@@ -8,6 +8,7 @@
 #include <limits>
 #include <nlohmann/json.hpp>
 
+#include "harness/size_limits.h"
 #include "harness/safetensors.h"
 #include "harness/store.h"
 #include "reference/error.h"
@@ -36,6 +37,8 @@ Shape routing_shape(const SafetensorsFile& f, const std::string& name, int64_t t
   return s;
 }
 
+}  // namespace
+
 std::optional<int64_t> metadata_experts(const SafetensorsFile& f) {
   for (const char* key : {"num_experts", "n_experts"}) {
     const auto it = f.metadata().find(key);
@@ -50,10 +53,13 @@ std::optional<int64_t> metadata_experts(const SafetensorsFile& f) {
     if (used == 0 || used != it->second.size() || n < 0)
       throw Error(f.path() + ": metadata key " + key + " = '" + it->second +
                   "' is not a non-negative integer");
+    check_limit(f.path(), std::string("metadata key ") + key, n, kMaxExperts);
     return n;
   }
   return std::nullopt;
 }
+
+namespace {
 
 std::optional<std::vector<LayerExpert>> planted_experts(const SafetensorsFile& f) {
   const auto it = f.metadata().find("super_experts");
@@ -211,6 +217,7 @@ ExpertStudy run_expert_study(const SafetensorsFile& f, const ExpertStudyParams& 
     ids[static_cast<size_t>(l)] = f.read_i32(name);
     moe[static_cast<size_t>(l)] = 1;
     for (int32_t e : ids[static_cast<size_t>(l)]) max_id = std::max(max_id, e);
+    check_limit(f.path() + ": tensor " + name, "expert id", max_id, kMaxExperts - 1);
     ++s.moe_layers;
   }
   if (s.moe_layers == 0)

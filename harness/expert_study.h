@@ -61,6 +61,11 @@ struct ExpertStudy {
 // Reads layers.{i}.experts.ids / .down_absmax / optional .down_argmax of every layer. Throws
 // kvq::Error naming the file and tensor on a missing or mis-shaped tensor, or when no layer has
 // experts.
+// The recording's expert count from its metadata (num_experts or n_experts), when present.
+// Throws kvq::Error naming the file and key when it is not a non-negative integer or exceeds
+// kMaxExperts (harness/size_limits.h).
+std::optional<int64_t> metadata_experts(const SafetensorsFile& file);
+
 ExpertStudy run_expert_study(const SafetensorsFile& file, const ExpertStudyParams& params = {});
 
 // "table" (for people), "csv" (one row per Super Expert), "json" (a list of objects: rank,

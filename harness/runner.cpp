@@ -11,6 +11,8 @@
 #include <optional>
 #include <regex>
 
+#include "harness/expert_study.h"
+#include "harness/size_limits.h"
 #include "harness/op_inputs.h"
 #include "harness/safetensors.h"
 #include "harness/store.h"
@@ -179,8 +181,8 @@ void recorded_routing(const ScenarioCase& c, Prepared& p) {
   // E: the scenario's `experts`, else the recording's metadata, else the largest id + 1.
   int64_t experts = 0;
   for (int32_t id : p.ids) experts = std::max<int64_t>(experts, int64_t{id} + 1);
-  const auto meta = file.metadata().find("num_experts");
-  if (meta != file.metadata().end()) experts = std::max<int64_t>(experts, std::stoll(meta->second));
+  check_limit(c.input + ": tensor '" + ids + "'", "expert id", experts - 1, kMaxExperts - 1);
+  experts = std::max(experts, metadata_experts(file).value_or(0));
   p.experts = case_int(c, "experts", experts);
 }
 

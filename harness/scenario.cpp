@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -11,6 +12,7 @@
 #include <optional>
 #include <set>
 
+#include "harness/size_limits.h"
 #include "harness/safetensors.h"
 #include "harness/studies.h"
 #include "reference/error.h"
@@ -37,6 +39,9 @@ const std::set<std::string> kOps = {
     "fwht",       "reorder",         "rotate_k",     "rotate_v",          "quantize",
     "dequantize", "rotate_quantize", "token_absmax", "expert_statistics", "attention_decode"};
 
+// The largest value of a study's own integer key (contexts, batches, token counts).
+constexpr int64_t kStudyIntLimit = int64_t{1} << 24;
+
 // A key that some study op declares beyond kCaseKeys (the first declaration gives its type).
 const StudyKey* study_key(const std::string& key) {
   for (const StudyOp& op : study_ops())
@@ -50,12 +55,20 @@ const StudyKey* study_key(const std::string& key) {
 nlohmann::json study_scalar(const StudyKey& key, const toml::node& node, const std::string& where,
                             const std::filesystem::path& folder) {
   switch (key.type) {
-    case KeyType::Int:
+    case KeyType::Int: {
       if (!node.is_integer()) throw Error(where + ": expected an integer");
-      return *node.value<int64_t>();
-    case KeyType::Double:
+      const int64_t v = *node.value<int64_t>();
+      if (v < 0) throw Error(where + ": out of range (got " + std::to_string(v) + ")");
+      check_limit(where, "value", v, kStudyIntLimit);
+      return v;
+    }
+    case KeyType::Double: {
       if (!node.is_number()) throw Error(where + ": expected a number");
-      return *node.value<double>();
+      const double v = *node.value<double>();
+      if (!std::isfinite(v) || v < 0.0)
+        throw Error(where + ": out of range (got " + std::to_string(v) + ")");
+      return v;
+    }
     case KeyType::Bool:
       if (!node.is_boolean()) throw Error(where + ": expected true or false");
       return *node.value<bool>();
@@ -91,6 +104,15 @@ const std::set<std::string> kIntKeys = {
     "bits",  "group",   "n",      "head_group", "hidden",           "experts",
     "top_k", "q_heads", "window", "repetitions"};
 const std::set<std::string> kFloatKeys = {"outlier_scale", "clip", "tolerance"};
+// The largest value of each size key (harness/size_limits.h): beyond these a case allocates or
+// loops for gigabytes or hours before any check of the shapes together.
+const std::map<std::string, int64_t> kIntLimits = {
+    {"tokens", int64_t{1} << 24}, {"heads", 4096},           {"q_heads", 4096},
+    {"head_dim", 32768},          {"hidden", int64_t{1} << 20}, {"experts", kMaxExperts},
+    {"top_k", kMaxExperts},       {"layers", 4096},          {"group", int64_t{1} << 24},
+    {"window", int64_t{1} << 24}, {"repetitions", 1 << 20},  {"outlier_channels", 32768},
+    {"head_group", 4096}};
+
 
 std::string at(const std::string& path, const toml::node& node, const std::string& key) {
   return path + ":" + std::to_string(node.source().begin.line) + ":" +
@@ -126,6 +148,8 @@ nlohmann::json scalar(const std::string& key, const toml::node& node, const std:
         : key == "outlier_channels" || key == "window" || key == "layers" ? v < 0
                                                                           : v <= 0)
       throw Error(where + ": out of range (got " + std::to_string(v) + ")");
+    if (const auto limit = kIntLimits.find(key); limit != kIntLimits.end())
+      check_limit(where, "value", v, limit->second);
     return v;
   }
   if (kFloatKeys.count(key)) {
@@ -212,6 +236,16 @@ void check_case(const ScenarioCase& c, const std::map<std::string, std::string>&
   const int64_t g = c.params.value("head_group", int64_t{4});
   const std::string rotation = c.params.value("rotation", std::string("key_grouped"));
   const bool synthetic = c.input == "synthetic";
+  if (synthetic) {
+    // Each key is within its limit; together they must not ask for more than kMaxElements.
+    const int64_t tokens = c.params.value("tokens", int64_t{128});
+    const int64_t widest = std::max({heads * head_dim, c.params.value("hidden", int64_t{256}),
+                                     c.params.value("q_heads", int64_t{0}) * head_dim});
+    if (tokens > kMaxElements / widest)
+      throw Error(where("tokens") + ": tokens x heads x head_dim (or x hidden) = " +
+                  std::to_string(tokens) + " x " + std::to_string(widest) +
+                  " exceeds the limit " + std::to_string(kMaxElements) + " values");
+  }
   const bool grouped = op == "rotate_k" || (op == "rotate_quantize" && rotation == "key_grouped");
   if (synthetic && grouped && (heads % g != 0 || !power_of_two(g * head_dim)))
     throw Error(where("head_group") + ": head_group " + std::to_string(g) + " must divide heads " +
@@ -441,6 +475,15 @@ Scenario load_scenario(const std::string& path, const ScenarioVars& vars) {
           base_op == "expert_statistics" ? "experts.ids" : case_tensor(probe);
       sweeps.emplace_back("layers",
                           recording_layers(base.input, tensor, at(path, cnode, "layers")));
+    }
+    // The sweeps' product, checked before a single case is built.
+    int64_t expanded = 1;
+    for (const auto& [key, values] : sweeps) {
+      expanded *= static_cast<int64_t>(values.size());
+      if (expanded + static_cast<int64_t>(scenario.cases.size()) > kMaxCases)
+        throw Error(at(path, cnode, key) + ": the sweeps expand the scenario beyond " +
+                    std::to_string(kMaxCases) + " cases, the limit (split it into several " +
+                    "scenarios or shard it)");
     }
     std::vector<size_t> index(sweeps.size(), 0);
     while (true) {

@@ -100,6 +100,9 @@ void check_params(const SynthParams& p) {
           "--text-attention needs --head-dim >= 16 (its RoPE pair must turn slowly)");
   const int64_t per_layer = p.tokens * std::max(p.heads * p.head_dim, p.hidden);
   require(per_layer <= (int64_t{1} << 30), "a layer tensor would exceed 2^30 elements");
+  require(p.layers <= (int64_t{1} << 31) / per_layer,
+          "--layers x a layer's tensor would exceed 2^31 elements (" + std::to_string(p.layers) +
+              " x " + std::to_string(per_layer) + ")");
   for (const auto& [layer, expert] : p.pruned_experts)
     require(layer >= 0 && layer < p.layers && expert >= 0 && expert < p.experts,
             "pruned expert (" + std::to_string(layer) + ", " + std::to_string(expert) +

@@ -2,10 +2,13 @@
 
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <queue>
+#include <vector>
 
+#include "harness/size_limits.h"
 #include "reference/error.h"
 
 namespace kvq {
@@ -61,9 +64,20 @@ struct CandidateOrder {
 }  // namespace
 
 std::string read_text_file(const std::string& path) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) throw Error("text " + path + ": is a directory");
   std::ifstream in(path, std::ios::binary);
   if (!in) throw Error("text " + path + ": cannot open");
-  const std::string raw((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  // In chunks, stopping past the limit: /dev/zero or a huge file ends there, not in bad_alloc.
+  std::string raw;
+  std::vector<char> chunk(1 << 20);
+  while (in) {
+    in.read(chunk.data(), static_cast<std::streamsize>(chunk.size()));
+    raw.append(chunk.data(), static_cast<size_t>(in.gcount()));
+    if (static_cast<int64_t>(raw.size()) > kMaxTextBytes)
+      throw Error("text " + path + ": longer than " + std::to_string(kMaxTextBytes) +
+                  " bytes, the limit");
+  }
   if (in.bad()) throw Error("text " + path + ": read failed");
   std::string text;
   text.reserve(raw.size());

@@ -113,6 +113,18 @@ write("st_zero_token_recording.safetensors",
 write("st_many_tensors.safetensors",
       st_raw("{" + ",".join('"p%d":{"dtype":"U8","shape":[0],"data_offsets":[0,0]}' % (i % 10000)
                             for i in range(10001)) + "}"))
+# Allocation bombs in a few hundred bytes: an expert count, an expert id (ids size the tables).
+ROUTING = [("layers.0.experts.ids", "I32", [2, 1], struct.pack("<2i", 0, 1)),
+           ("layers.0.experts.down_absmax", "F32", [2, 1], f32([1, 2]))]
+write("st_experts_bomb.safetensors", st(ROUTING, metadata={"num_experts": "1000000000"}))
+write("st_expert_id_bomb.safetensors",
+      st([("layers.0.experts.ids", "I32", [2, 1], struct.pack("<2i", 0, 2147483647)),
+          ROUTING[1]]))
+# A scenario whose two sweeps expand to 400 x 400 = 160000 cases (the limit is 100000).
+with open(os.path.join(HERE, "toml_sweep_bomb.toml"), "w") as f:
+    f.write("# Hostile scenario: its sweeps expand to 160000 cases.\n[[case]]\nop = \"fwht\"\n"
+            "n = 4\ntokens = [%s]\nseed = [%s]\n" % (", ".join(map(str, range(1, 401))),
+                                                    ", ".join(map(str, range(1, 401)))))
 
 # --- llama2.c checkpoints and tokenizers format) ----------------
 def checkpoint_floats(dim, hidden, layers, heads, kv_heads, vocab, seq_len):
