@@ -22,7 +22,7 @@
 #include "backends/reference_backend.h"
 #include "bench/bench_ops.h"
 #include "bench/sqlite_reporter.h"
-#include "harness/store.h"
+#include "harness/store/store.h"
 #include "reference/error.h"
 #include "reference/fwht.h"
 #include "reference/half.h"

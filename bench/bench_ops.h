@@ -30,8 +30,8 @@ struct BenchSpec {
   std::string params_json;            // the expanded parameters, for the store
 };
 
-// A bench spec from one expanded scenario case (harness/scenario.h ScenarioCase::params: every
-// key with its expanded value); `where` ("FILE:LINE") prefixes errors.
+// A bench spec from one expanded scenario case (harness/scenario/scenario.h ScenarioCase::params:
+// every key with its expanded value); `where` ("FILE:LINE") prefixes errors.
 BenchSpec bench_spec_from_params(const std::string& name, const nlohmann::json& params,
                                  const std::string& where);
 

@@ -1,6 +1,6 @@
 // A Google Benchmark reporter that writes every measurement of `kvq bench` into the results
-// store (harness/store.h) and prints one table line per (case, backend). It is the only writer:
-// the numbers in SQLite are Google Benchmark's own repetitions, never a second timing loop.
+// store (harness/store/store.h) and prints one table line per (case, backend). It is the only
+// writer: the numbers in SQLite are Google Benchmark's own repetitions, never a second timing loop.
 #pragma once
 
 #include <benchmark/benchmark.h>
@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "bench/bench_ops.h"
-#include "harness/store.h"
+#include "harness/store/store.h"
 
 namespace kvq {
 

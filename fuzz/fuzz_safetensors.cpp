@@ -1,4 +1,4 @@
-// libFuzzer target: the safetensors reader (harness/safetensors.h) on arbitrary bytes. Every
+// libFuzzer target: the safetensors reader (harness/io/safetensors.h) on arbitrary bytes. Every
 // input must either open, with each tensor readable, or throw kvq::Error; a crash, a sanitizer
 // report or another exception type is a bug. Build: meson setup -Dfuzz=true (clang).
 #include <unistd.h>
@@ -8,7 +8,7 @@
 #include <cstdio>
 #include <string>
 
-#include "harness/safetensors.h"
+#include "harness/io/safetensors.h"
 #include "reference/error.h"
 
 namespace {

@@ -1,7 +1,7 @@
-// libFuzzer target: the scenario loader (harness/scenario.h) on arbitrary TOML text. Every input
-// must either load or throw kvq::Error naming the file; a crash, a sanitizer report or another
-// exception type is a bug. Recording paths in the input resolve next to the scratch file, where
-// none exist. Build: meson setup -Dfuzz=true (clang).
+// libFuzzer target: the scenario loader (harness/scenario/scenario.h) on arbitrary TOML text. Every
+// input must either load or throw kvq::Error naming the file; a crash, a sanitizer report or
+// another exception type is a bug. Recording paths in the input resolve next to the scratch file,
+// where none exist. Build: meson setup -Dfuzz=true (clang).
 #include <unistd.h>
 
 #include <cstddef>
@@ -9,7 +9,7 @@
 #include <cstdio>
 #include <string>
 
-#include "harness/scenario.h"
+#include "harness/scenario/scenario.h"
 #include "reference/error.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

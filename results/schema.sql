@@ -1,5 +1,5 @@
--- kvq results store (DESIGN.md "Results"). Applied once to a new database by harness/store.cpp,
--- which then sets PRAGMA user_version = kSchemaVersion (harness/store.h). Change this file only
+-- kvq results store (DESIGN.md "Results"). Applied once to a new database by harness/store/store.cpp,
+-- which then sets PRAGMA user_version = kSchemaVersion (harness/store/store.h). Change this file only
 -- together with kSchemaVersion.
 
 -- One invocation of `kvq run` (or gate/bench): what ran, where, from which source tree.

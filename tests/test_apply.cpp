@@ -1,5 +1,5 @@
-// `kvq apply` (harness/apply.h): a small recording written with write_safetensors, applied,
-// read back; names, shapes, and dequant == dequantize(codes) checked from the file alone.
+// `kvq apply` (harness/recording/apply.h): a small recording written with write_safetensors,
+// applied, read back; names, shapes, and dequant == dequantize(codes) checked from the file alone.
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <cstring>
@@ -7,8 +7,8 @@
 #include <string>
 #include <vector>
 
-#include "harness/apply.h"
-#include "harness/safetensors.h"
+#include "harness/io/safetensors.h"
+#include "harness/recording/apply.h"
 #include "reference/attention.h"
 #include "reference/error.h"
 #include "reference/half.h"

@@ -14,7 +14,7 @@
 #include <string>
 #include <vector>
 
-#include "harness/cli.h"
+#include "harness/cli/cli.h"
 
 namespace fs = std::filesystem;
 using Catch::Matchers::Contains;

@@ -5,7 +5,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "harness/safetensors.h"
+#include "harness/io/safetensors.h"
 #include "reference/error.h"
 #include "reference/experts.h"
 #include "data_file.h"

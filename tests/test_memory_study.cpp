@@ -5,8 +5,8 @@
 #include <cmath>
 #include <filesystem>
 
-#include "harness/memory_study.h"
-#include "harness/synth.h"
+#include "harness/recording/synth.h"
+#include "harness/studies/memory.h"
 #include "kvq_process.h"
 #include "reference/error.h"
 

@@ -1,4 +1,4 @@
-// `kvq run --shard i/n` and `kvq merge` (harness/merge.h): shards of a sweep merged into one
+// `kvq run --shard i/n` and `kvq merge` (harness/store/merge.h): shards of a sweep merged into one
 // database hold exactly the cases, checks and measurements of one unsharded run; merging a run
 // twice skips it. Runs the real CLI ($KVQ_BIN) and reads the databases with plain SQLite.
 #include <sqlite3.h>

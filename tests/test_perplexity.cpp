@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "harness/commands.h"
+#include "harness/cli/commands.h"
 #include "harness/model/llama2.h"
 #include "harness/model/perplexity.h"
 #include "harness/model/tokenizer.h"

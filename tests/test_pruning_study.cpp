@@ -6,8 +6,8 @@
 #include <cmath>
 #include <filesystem>
 
-#include "harness/pruning_study.h"
-#include "harness/synth.h"
+#include "harness/recording/synth.h"
+#include "harness/studies/pruning.h"
 #include "kvq_process.h"
 #include "reference/error.h"
 

@@ -11,11 +11,11 @@
 #include <string>
 #include <vector>
 
-#include "harness/commands.h"
+#include "harness/cli/commands.h"
+#include "harness/io/safetensors.h"
 #include "harness/model/llama2.h"
 #include "harness/model/recorder.h"
 #include "harness/model/tokenizer.h"
-#include "harness/safetensors.h"
 #include "reference/error.h"
 #include "tests/data_file.h"
 

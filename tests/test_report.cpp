@@ -12,11 +12,11 @@
 #include <string>
 #include <vector>
 
-#include "harness/commands.h"
-#include "harness/report_compare.h"
-#include "harness/report_orderings.h"
-#include "harness/report_runs.h"
-#include "harness/store.h"
+#include "harness/cli/commands.h"
+#include "harness/store/report_compare.h"
+#include "harness/store/report_orderings.h"
+#include "harness/store/report_runs.h"
+#include "harness/store/store.h"
 #include "reference/error.h"
 
 namespace fs = std::filesystem;

@@ -11,10 +11,10 @@
 #include <vector>
 
 #include "backends/reference_backend.h"
-#include "harness/runner.h"
-#include "harness/safetensors.h"
-#include "harness/scenario.h"
-#include "harness/store.h"
+#include "harness/run/runner.h"
+#include "harness/io/safetensors.h"
+#include "harness/scenario/scenario.h"
+#include "harness/store/store.h"
 #include "reference/error.h"
 
 namespace fs = std::filesystem;

@@ -8,7 +8,7 @@
 #include <fstream>
 #include <limits>
 
-#include "harness/safetensors.h"
+#include "harness/io/safetensors.h"
 #include "reference/error.h"
 #include "reference/half.h"
 

@@ -8,8 +8,8 @@
 #include <string>
 #include <vector>
 
-#include "harness/safetensors.h"
-#include "harness/scenario.h"
+#include "harness/io/safetensors.h"
+#include "harness/scenario/scenario.h"
 #include "reference/error.h"
 
 namespace fs = std::filesystem;

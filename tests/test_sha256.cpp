@@ -2,7 +2,7 @@
 #include <string>
 #include <vector>
 
-#include "harness/sha256.h"
+#include "harness/io/sha256.h"
 
 TEST_CASE("sha256: FIPS 180-2 test vectors") {
   CHECK(kvq::sha256_hex(std::string()) ==

@@ -7,7 +7,7 @@
 #include <limits>
 #include <vector>
 
-#include "harness/safetensors.h"
+#include "harness/io/safetensors.h"
 #include "reference/error.h"
 #include "reference/sinks.h"
 #include "data_file.h"

@@ -13,8 +13,8 @@
 #include <sstream>
 #include <thread>
 
-#include "harness/sha256.h"
-#include "harness/store.h"
+#include "harness/io/sha256.h"
+#include "harness/store/store.h"
 #include "reference/error.h"
 
 namespace fs = std::filesystem;

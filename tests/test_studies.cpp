@@ -14,12 +14,12 @@
 #include <string>
 #include <vector>
 
-#include "harness/cli.h"
-#include "harness/expert_study.h"
-#include "harness/safetensors.h"
-#include "harness/sink_study.h"
-#include "harness/store.h"
-#include "harness/synth.h"
+#include "harness/cli/cli.h"
+#include "harness/studies/experts.h"
+#include "harness/io/safetensors.h"
+#include "harness/studies/sinks.h"
+#include "harness/store/store.h"
+#include "harness/recording/synth.h"
 #include "data_file.h"
 #include "verify/metrics.h"
 

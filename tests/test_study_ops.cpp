@@ -1,4 +1,4 @@
-// Study ops as scenario ops (harness/studies.h): the score KL on hand-made examples, the scenario
+// Study ops as scenario ops (harness/studies/studies.h): the score KL on hand-made examples, the scenario
 // loader's handling of study keys and input = "model", the recording cache, and the three study
 // scenarios (scenarios/{experts,sinks,accuracy}.toml) run through `kvq run --db` and checked
 // from their SQLite rows against the planted ground truth and exact properties. The scenarios
@@ -15,14 +15,14 @@
 #include <string>
 #include <vector>
 
-#include "harness/case_recording.h"
-#include "harness/method_study.h"
-#include "harness/runner.h"
-#include "harness/safetensors.h"
-#include "harness/scenario.h"
-#include "harness/store.h"
-#include "harness/studies.h"
-#include "harness/synth.h"
+#include "harness/io/safetensors.h"
+#include "harness/recording/case_recording.h"
+#include "harness/recording/synth.h"
+#include "harness/run/runner.h"
+#include "harness/scenario/scenario.h"
+#include "harness/store/store.h"
+#include "harness/studies/method.h"
+#include "harness/studies/studies.h"
 #include "kvq_process.h"
 #include "reference/error.h"
 #include "data_file.h"

@@ -10,8 +10,8 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
-#include "harness/safetensors.h"
-#include "harness/synth.h"
+#include "harness/io/safetensors.h"
+#include "harness/recording/synth.h"
 #include "reference/error.h"
 
 namespace fs = std::filesystem;

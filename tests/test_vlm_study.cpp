@@ -6,8 +6,8 @@
 #include <filesystem>
 #include <numeric>
 
-#include "harness/synth.h"
-#include "harness/vlm_study.h"
+#include "harness/recording/synth.h"
+#include "harness/studies/vlm.h"
 #include "kvq_process.h"
 #include "reference/error.h"
 #include "reference/methods.h"

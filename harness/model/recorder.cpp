@@ -5,7 +5,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 
-#include "harness/safetensors.h"
+#include "harness/io/safetensors.h"
 #include "reference/error.h"
 #include "reference/half.h"
 

@@ -33,7 +33,7 @@ struct Recording {
 Recording record_activations(const Model& model, std::span<const int32_t> tokens,
                              const std::function<void(int64_t, int64_t)>& progress = {});
 
-// Writes the recording as safetensors (atomically, harness/safetensors.h), every tensor as
+// Writes the recording as safetensors (atomically, harness/io/safetensors.h), every tensor as
 // `dtype`: F32, or F16 (round to nearest even; a value beyond fp16's range is an error naming the
 // tensor and index), which halves the file for a recording shipped in data/.
 void write_recording(const std::string& path, const Recording& recording,

@@ -8,7 +8,7 @@
 #include <queue>
 #include <vector>
 
-#include "harness/size_limits.h"
+#include "harness/io/size_limits.h"
 #include "reference/error.h"
 
 namespace kvq {

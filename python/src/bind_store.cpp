@@ -1,9 +1,9 @@
-// What `python -m kvq.ppl` shares with `kvq ppl`: rows in the results store (harness/store.h),
+// What `python -m kvq.ppl` shares with `kvq ppl`: rows in the results store (harness/store/store.h),
 // in the schema `kvq report` reads, and the llama2.c tokenizer.
 #include <pybind11/stl.h>
 
 #include "harness/model/tokenizer.h"
-#include "harness/store.h"
+#include "harness/store/store.h"
 #include "python/src/arrays.h"
 #include "python/src/bindings.h"
 

@@ -16,7 +16,7 @@
 
 #include "ggml-cpu.h"
 #include "ggml.h"
-#include "harness/store.h"
+#include "harness/store/store.h"
 
 namespace {
 

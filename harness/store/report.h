@@ -1,0 +1,19 @@
+// Formatting of report query results (`kvq report`): an aligned text table, CSV (RFC 4180
+// quoting) or JSON (an array of objects, one per row, every value a string as SQLite gave it).
+#pragma once
+
+#include <ostream>
+#include <string>
+
+#include "harness/store/store.h"
+
+namespace kvq {
+
+enum class ReportFormat { Table, Csv, Json };
+
+// "table" | "csv" | "json"; anything else is a kvq::Error naming the choices.
+ReportFormat parse_report_format(const std::string& name);
+
+void write_report(const QueryResult& result, ReportFormat format, std::ostream& out);
+
+}  // namespace kvq
