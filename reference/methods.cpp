@@ -68,10 +68,10 @@ Setup method_setup(const MethodParams& p) {
   s.kq.group = s.vq.group = p.group;
   s.kq.zero_point = s.vq.zero_point = p.zero_point;
   s.window = p.window >= 0 ? p.window : (p.method == Method::Kivi ? 128 : 0);
-  // Default clip (SPEC.md §8): RotateKV's 0.8 at 2 bits on K; an explicit clip applies to both.
-  const float k_clip = p.method == Method::RotateKv && p.bits == 2 ? 0.8f : 1.0f;
-  s.kq.clip = p.clip > 0.0f ? p.clip : k_clip;
-  s.vq.clip = p.clip > 0.0f ? p.clip : 1.0f;
+  // Default clip (SPEC.md §8): RotateKV's 0.8 at 2 bits on K and V alike (its code clips both),
+  // 1.0 otherwise; an explicit clip applies to both.
+  const float default_clip = p.method == Method::RotateKv && p.bits == 2 ? 0.8f : 1.0f;
+  s.kq.clip = s.vq.clip = p.clip > 0.0f ? p.clip : default_clip;
   switch (p.method) {
     case Method::Fp32:
     case Method::Rtn: break;

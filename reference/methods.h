@@ -30,7 +30,7 @@ struct MethodParams {
   int64_t group = 128;  // G, SPEC.md §3
   int64_t window = -1;  // R most recent tokens in fp16; -1 = method default (§7:
                         // 128 for kivi, 0 otherwise)
-  float clip = -1.0f;   // r; -1 = method default (§8: rotatekv 0.8 at 2 bits, else 1)
+  float clip = -1.0f;   // r of K and V; -1 = method default (§8: rotatekv 0.8 at 2 bits, else 1)
   ZeroPoint zero_point = ZeroPoint::Float;  // SPEC.md §3 default
   int head_group = 4;                       // rotatekv g, SPEC.md §2
   double outlier_fraction = 0.01;           // kvquant: top 1% magnitude per quantization group, §8

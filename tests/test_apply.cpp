@@ -145,7 +145,7 @@ TEST_CASE("apply: kivi and rotatekv write kept tokens, permutations and reconstr
   CHECK(r.view("layers.1.k.perm").shape == Shape{H * D});
   CHECK(r.metadata().at("permutation").find("tokens 0..9") != std::string::npos);
   CHECK(r.metadata().at("k_pre_rope") == "true");
-  CHECK(r.metadata().at("clip") == "k=0.8,v=1");
+  CHECK(r.metadata().at("clip") == "k=0.8,v=0.8");  // SPEC.md §8: 2 bits clip K and V alike
 }
 
 TEST_CASE("apply: missing tensors, bad methods and other backends are errors") {

@@ -8,7 +8,10 @@
 
 #include "reference/attention.h"
 #include "reference/error.h"
+#include "reference/half.h"
 #include "reference/methods.h"
+#include "reference/quantize.h"
+#include "reference/rotation.h"
 
 using namespace kvq;
 
@@ -289,4 +292,91 @@ TEST_CASE("methods: rotatekv reorder = false keeps the channel order, reorder = 
   MethodParams with = params_for(Method::RotateKv, 2);
   CHECK(apply_method(layer.view(), 0, 1, plain, p).k.dequant ==
         apply_method(layer.view(), 0, 1, swapped, with).k.dequant);
+}
+
+TEST_CASE("methods: rotatekv clips a 2-bit V group at 0.8 (hand-worked)") {
+  // One token, one head of d = 4, G = 4, no pivot kept: V = [4, -1, -3, 0]. Per-head FWHT
+  // (SPEC.md §1, n = 4, scale 1/2): [(4-1-3+0), (4+1-3-0), (4-1+3-0), (4+1+3+0)] / 2
+  // = [0, 1, 3, 4]. SPEC.md §3 with r = 0.8 (§8: rotatekv at 2 bits, V as K):
+  //   lo = 0 * 0.8 = 0, hi = 4 * 0.8f = 3.2000000477
+  //   scale16 = fp16(3.2000000477 / 3 = 1.0666666826) = 1 + 68/1024 = 1.06640625 (0x3C44)
+  //   codes = rne([0, 1, 3, 4] / 1.06640625) = rne([0, 0.938, 2.813, 3.751]) -> [0, 1, 3, 3]
+  //   (clamped at 3), packed 0 | 1 << 2 | 3 << 4 | 3 << 6 = 244.
+  // Without the clip, hi = 4, scale16 = fp16(1.3333) = 1.3330078125, codes [0, 1, 2, 3] = 228.
+  const std::vector<float> k = {1.0f, 2.0f, 3.0f, 4.0f}, v = {4.0f, -1.0f, -3.0f, 0.0f};
+  const std::vector<float> hidden = {1.0f, 1.0f};
+  LayerTensors t;
+  t.shape = {1, 1, 4};
+  t.hidden_size = 2;
+  t.k_pre_rope = k;
+  t.v = v;
+  t.hidden_in = hidden;
+  MethodParams p = params_for(Method::RotateKv, 2);
+  p.group = 4;
+  p.head_group = 1;
+  p.pivot.top_k = 0;  // no pivot token: the one token is quantized
+  const AppliedLayer a = apply_method(t, 0, 1, calibrate({t}, p), p);
+  REQUIRE(a.v.kept.empty());
+  REQUIRE(a.v.parts.size() == 1);
+  const Quantized& q = a.v.parts[0].q;
+  CHECK(q.params.clip == 0.8f);
+  CHECK(q.codes == std::vector<uint8_t>{244});
+  CHECK(q.scale == std::vector<uint16_t>{0x3C44});
+  CHECK(q.zero == std::vector<uint16_t>{0x0000});
+  // At 3 bits the default clip is 1.0: lo = 0, hi = 4, scale16 = fp16(4/7) = 0.5712890625,
+  // codes rne([0, 1.75, 5.25, 7.00]) = [0, 2, 5, 7]: 12 bits 0 | 2 << 3 | 5 << 6 | 7 << 9.
+  MethodParams p3 = p;
+  p3.bits = 3;
+  const AppliedLayer b3 = apply_method(t, 0, 1, calibrate({t}, p3), p3);
+  REQUIRE(b3.v.parts.size() == 1);
+  CHECK(b3.v.parts[0].q.params.clip == 1.0f);
+  const uint32_t packed = 0u | 2u << 3 | 5u << 6 | 7u << 9;
+  CHECK(b3.v.parts[0].q.codes == std::vector<uint8_t>{static_cast<uint8_t>(packed & 0xff),
+                                                      static_cast<uint8_t>(packed >> 8)});
+}
+
+TEST_CASE("methods: rotatekv 2-bit V codes equal a separate recomputation with clip 0.8") {
+  // The method's V codes against this test's own SPEC.md §3 quantizer (per token, G = 128 over
+  // the per-head FWHT of V, lo and hi scaled by 0.8f), written apart from reference/quantize.cpp.
+  const Layer layer(256);
+  const MethodParams p = params_for(Method::RotateKv, 2);
+  const AppliedLayer a = apply_one(layer, p);
+  const std::vector<float> rotated = rotate_v(layer.v, {layer.tokens, H, D});
+  const auto recompute = [&](int32_t token, float clip) {
+    const float* x = rotated.data() + static_cast<size_t>(token) * C;
+    std::vector<uint8_t> codes;
+    for (int64_t g0 = 0; g0 < C; g0 += 128) {
+      const int64_t n = std::min<int64_t>(128, C - g0);
+      float lo = x[g0], hi = x[g0];
+      for (int64_t i = 1; i < n; ++i) {
+        lo = std::min(lo, x[g0 + i]);
+        hi = std::max(hi, x[g0 + i]);
+      }
+      lo *= clip;
+      hi *= clip;
+      const float s = half_to_float(float_to_half((hi - lo) / 3.0f));
+      const float z = half_to_float(float_to_half(lo));
+      for (int64_t i = 0; i < n; ++i) {
+        const float u = s == 0.0f ? 0.0f : (x[g0 + i] - z) / s;
+        codes.push_back(static_cast<uint8_t>(std::clamp(std::nearbyint(u), 0.0f, 3.0f)));
+      }
+    }
+    return codes;
+  };
+  int64_t tokens = 0, differ_without_clip = 0;
+  for (const DecodeCache::QuantizedRows& part : a.v.parts) {
+    const std::vector<uint8_t> got = unpack_all(part.q);
+    REQUIRE(got.size() == part.tokens.size() * static_cast<size_t>(C));
+    for (size_t r = 0; r < part.tokens.size(); ++r) {
+      const std::vector<uint8_t> row(got.begin() + static_cast<std::ptrdiff_t>(r * C),
+                                     got.begin() + static_cast<std::ptrdiff_t>((r + 1) * C));
+      INFO("token " << part.tokens[r]);
+      CHECK(row == recompute(part.tokens[r], 0.8f));
+      differ_without_clip += row != recompute(part.tokens[r], 1.0f);
+      ++tokens;
+    }
+  }
+  CHECK(tokens == 256 - static_cast<int64_t>(a.v.kept.size()));
+  CHECK(tokens > 200);
+  CHECK(differ_without_clip > tokens / 2);  // the clip is visible in most rows
 }

@@ -35,7 +35,7 @@ int cmd_apply(int argc, char** argv) {
       "window", po::value(&window)->default_value(window),
       "R recent tokens kept fp16 (-1: method default, 128 for kivi, else 0)")(
       "clip", po::value(&clip)->default_value(clip),
-      "clip ratio r (-1: method default, rotatekv 0.8 at 2 bits)")(
+      "clip ratio r of K and V (-1: method default, rotatekv 0.8 at 2 bits)")(
       "zero-point", po::value(&zero_point)->default_value(zero_point), "float or int (SPEC.md §3)");
   if (!parse_subcommand_options(argc, argv, options, "apply: ")) return 0;  // --help
   MethodParams params;
