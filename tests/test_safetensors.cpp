@@ -312,3 +312,12 @@ TEST_CASE("safetensors: a header of 200000 tensors parses in linear time") {
   REQUIRE_THROWS_WITH(kvq::SafetensorsFile::open(raw_file("twice.safetensors", twice, data)),
                       Contains("twice.safetensors") && Contains("key 't7' twice"));
 }
+
+TEST_CASE("safetensors: metadata bytes that are not UTF-8 are written as U+FFFD, not an error") {
+  // A recording's text cut inside a multi-byte character ("\xe2\x82" of a 3-byte euro sign).
+  const std::string path = (temp_dir() / "utf8.safetensors").string();
+  const std::vector<float> one = {1.0f};
+  kvq::write_safetensors(path, {{"x", view_of(one, DType::F32, {1})}},
+                         {{"text", "cost 5 \xe2\x82"}});
+  CHECK(kvq::SafetensorsFile::open(path).metadata().at("text") == "cost 5 \xef\xbf\xbd");
+}

@@ -3,6 +3,7 @@
 // flags; a kernel table is only touched after CPUID said the CPU can run it.
 #include "backends/avx/avx_backend.h"
 
+#include <cctype>
 #include <cpuid.h>
 
 #include <cstdlib>
@@ -79,7 +80,8 @@ const IsaStatus& avx2_status() {
 int isa_cap(std::string& why) {
   const char* env = std::getenv("KVQ_MAX_ISA");
   if (!env || !*env) return 2;
-  const std::string v = env;
+  std::string v = env;
+  for (char& c : v) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));  // AVX2
   why = "capped by KVQ_MAX_ISA=" + v;
   if (v == "avx512") return 2;
   if (v == "avx2") return 1;

@@ -1,6 +1,8 @@
 #include "harness/cli/cli.h"
 
+#include <cctype>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <string>
@@ -88,6 +90,16 @@ int cli_main(int argc, char** argv) {
       !std::strcmp(argv[1], "help")) {
     print_usage(stdout);
     return 0;
+  }
+  // An unknown cap would silently turn every AVX backend off (backends/avx/avx_backend.h).
+  if (const char* isa = std::getenv("KVQ_MAX_ISA"); isa && *isa) {
+    std::string v = isa;
+    for (char& c : v) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    if (v != "avx512" && v != "avx2" && v != "scalar" && v != "ref" && v != "none") {
+      print_error(std::string("environment KVQ_MAX_ISA=") + isa +
+                  " is not one of avx512, avx2, scalar");
+      return 2;
+    }
   }
   for (const Subcommand& sub : kSubcommands) {
     if (std::strcmp(argv[1], sub.name) != 0) continue;

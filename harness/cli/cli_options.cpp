@@ -1,6 +1,8 @@
 #include "harness/cli/cli_options.h"
 
+#include <cmath>
 #include <iostream>
+#include <sstream>
 
 #include "reference/error.h"
 
@@ -20,8 +22,9 @@ std::optional<po::variables_map> parse_subcommand_options(
     all.add(options).add(hidden);
     parser.options(all).positional(positions);
   } else {
-    // No positional description at all: boost then skips words that are not options.
-    parser.options(options);
+    // An empty positional description: a word that is not an option is an error (boost would
+    // otherwise skip it silently, and `kvq record ... extra` would run as if it were not there).
+    parser.options(options).positional(positions);
   }
   po::variables_map vm;
   try {
@@ -36,6 +39,17 @@ std::optional<po::variables_map> parse_subcommand_options(
     throw Error(error_prefix + e.what());
   }
   return vm;
+}
+
+void check_option_range(const std::string& option, double value, double lo, double hi,
+                        bool low_open) {
+  if (std::isfinite(value) && (low_open ? value > lo : value >= lo) && value <= hi) return;
+  std::ostringstream range;
+  range << (low_open ? "(" : "[") << lo << ", " << hi << "]";
+  std::ostringstream got;
+  got << value;
+  throw Error("--" + option + " must be a finite number in " + range.str() + " (got " + got.str() +
+              ")");
 }
 
 std::string command_line(int argc, char** argv) {

@@ -19,7 +19,7 @@ struct PositionalArguments {
 };
 
 // Parses a subcommand's argv (argv[0] is the subcommand) against `options`, and `positional` when
-// given; without it, words that are not options are ignored. With --help: prints `options` and a
+// given; without it, a word that is not an option is an error. With --help: prints `options` and a
 // newline on stdout and returns nothing, the caller exits 0; required options are not checked
 // then. Otherwise stores every value in its variable, checks the required options and returns
 // the variables. Any parse error throws kvq::Error(error_prefix + the parser's message), which the
@@ -28,6 +28,11 @@ std::optional<boost::program_options::variables_map> parse_subcommand_options(
     int argc, char** argv, const boost::program_options::options_description& options,
     const std::string& error_prefix,
     const std::optional<PositionalArguments>& positional = std::nullopt);
+
+// Throws kvq::Error "--OPTION must be a finite number in [LO, HI] (got V)" unless `value` is
+// finite and within [lo, hi], or (lo, hi] when `low_open`: checked before any work is done.
+void check_option_range(const std::string& option, double value, double lo, double hi,
+                        bool low_open = false);
 
 // "kvq SUBCOMMAND ARGS..." as typed (argv[0] is the subcommand): the command a run records.
 std::string command_line(int argc, char** argv);

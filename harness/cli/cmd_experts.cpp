@@ -34,6 +34,10 @@ int cmd_experts(int argc, char** argv) {
       "top", po::value(&p.top)->default_value(p.top),
       "table: also list the N strongest experts");
   if (!parse_study_options(argc, argv, options, in)) return 0;  // --help
+  check_option_range("include-layers", p.selection.include_layers, 0.0, 1.0, true);
+  check_option_range("tau-abs", p.massive.tau_abs, 0.0, 1e30);
+  check_option_range("tau-rel", p.massive.tau_rel, 0.0, 1e30);
+  check_option_range("top", static_cast<double>(p.top), 0.0, 1 << 24);
 
   const SafetensorsFile file = SafetensorsFile::open(in.recording);
   const ExpertStudy study = run_expert_study(file, p);

@@ -64,6 +64,13 @@ int cmd_ppl(int argc, char** argv) {
     throw Error("ppl: --backend " + backend +
                 " has no incremental (per-token) cache; perplexity runs on backend ref");
 
+  // Every option is checked here, before the model runs: a mistake found after the baseline
+  // would cost its whole time and leave a run `incomplete`.
+  if (split_list(methods_arg).empty()) throw Error("ppl: --method is empty (give one or more)");
+  if (split_list(bits_arg).empty()) throw Error("ppl: --bits is empty (give one or more)");
+  if (window < 2) throw Error("ppl: --window " + std::to_string(window) + " must be >= 2");
+  if (max_tokens < -1 || max_tokens == 0)
+    throw Error("ppl: --max-tokens " + std::to_string(max_tokens) + " must be >= 1 (-1: all)");
   std::vector<MethodParams> cases;
   for (const std::string& name : split_list(methods_arg)) {
     const Method method = parse_method(name);
@@ -78,6 +85,9 @@ int cmd_ppl(int argc, char** argv) {
       }
       if (!valid_bits(p.bits))
         throw Error("ppl: --bits " + b + " is not one of 1, 2, 3, 4, 8 (SPEC.md §3)");
+      for (const MethodParams& q : cases)
+        if (q.method == p.method && q.bits == p.bits)
+          throw Error("ppl: " + name + " at --bits " + b + " is asked for twice");
       cases.push_back(p);
     }
   }
@@ -85,6 +95,9 @@ int cmd_ppl(int argc, char** argv) {
   const Model model = Model::load(inputs.model);
   const Tokenizer tokenizer = Tokenizer::load(inputs.tokenizer);
   require_matching_tokenizer(model, tokenizer);
+  if (window > model.config().seq_len)
+    throw Error("ppl: --window " + std::to_string(window) + " exceeds the seq_len " +
+                std::to_string(model.config().seq_len) + " of " + inputs.model);
   std::vector<int32_t> ids = tokenizer.encode(read_text_file(inputs.text));
   if (max_tokens >= 0 && static_cast<int64_t>(ids.size()) > max_tokens)
     ids.resize(static_cast<size_t>(max_tokens));

@@ -100,6 +100,8 @@ int run_or_gate(int argc, char** argv, bool gate) {
       argc, argv, options, "", PositionalArguments{"scenario", po::value(&scenario_path), 1});
   if (!vm) return 0;  // --help
   if (scenario_path.empty()) throw Error("missing SCENARIO.toml (kvq " + sub + " --help)");
+  // SQLite would open "" as a temporary database and drop every result at exit.
+  if (run.db.empty()) throw Error(sub + ": --db is empty (give the results database's path)");
   std::stringstream list(backends);
   for (std::string b; std::getline(list, b, ',');)
     if (!b.empty()) run.backends.push_back(b);

@@ -68,6 +68,13 @@ int cmd_sinks(int argc, char** argv) {
   if (!parse_study_options(argc, argv, options, in)) return 0;  // --help
   p.pfn = parse_list(pfn, "pfn");
   p.massive.rule = parse_massive_rule(rule);
+  constexpr double kHuge = 1e30;
+  check_option_range("tau-mass", p.tau_mass, 0.0, kHuge, true);
+  for (const int64_t n : p.pfn) check_option_range("pfn", static_cast<double>(n), 1.0, 1 << 24);
+  check_option_range("tau-abs", p.massive.tau_abs, 0.0, kHuge);
+  check_option_range("tau-rel", p.massive.tau_rel, 0.0, kHuge);
+  check_option_range("tau-k", p.kvsink.tau_k, 0.0, kHuge);
+  check_option_range("top", static_cast<double>(p.top), 0.0, 1 << 24);
 
   const SafetensorsFile file = SafetensorsFile::open(in.recording);
   const SinkStudy study = run_sink_study(file, p);

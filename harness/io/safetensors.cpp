@@ -330,7 +330,9 @@ void write_safetensors(const std::string& path, const std::vector<NamedTensor>& 
     offset += nbytes;
   }
   if (!metadata.empty()) header[kMetadataKey] = metadata;
-  std::string text = header.dump();
+  // Metadata text may hold bytes that are not UTF-8 (a recording's text cut inside a multi-byte
+  // character, a tokenizer's byte pieces): written as U+FFFD rather than failing the write.
+  std::string text = header.dump(-1, ' ', false, json::error_handler_t::replace);
   // The format allows trailing spaces in the header; pad so the data area starts 8-aligned.
   text.append((8 - text.size() % 8) % 8, ' ');
   uint8_t len_bytes[8];

@@ -61,6 +61,33 @@ struct CandidateOrder {
   }
 };
 
+// The offset of the first byte that is not part of a well-formed UTF-8 sequence (RFC 3629: no
+// overlong forms, no surrogates, nothing above U+10FFFF), or npos when the text is valid.
+size_t invalid_utf8_at(const std::string& s) {
+  const auto byte = [&](size_t i) { return static_cast<unsigned char>(s[i]); };
+  for (size_t i = 0; i < s.size();) {
+    const unsigned char c = byte(i);
+    size_t n = 0;
+    unsigned char lo = 0x80, hi = 0xBF;  // the allowed range of the second byte
+    if (c < 0x80) n = 1;
+    else if (c >= 0xC2 && c <= 0xDF) n = 2;
+    else if (c == 0xE0) n = 3, lo = 0xA0;
+    else if (c == 0xED) n = 3, hi = 0x9F;
+    else if (c >= 0xE1 && c <= 0xEF) n = 3;
+    else if (c == 0xF0) n = 4, lo = 0x90;
+    else if (c == 0xF4) n = 4, hi = 0x8F;
+    else if (c >= 0xF1 && c <= 0xF3) n = 4;
+    else return i;
+    if (i + n > s.size()) return i;
+    for (size_t k = 1; k < n; ++k) {
+      const unsigned char b = byte(i + k);
+      if (b < (k == 1 ? lo : 0x80) || b > (k == 1 ? hi : 0xBF)) return i;
+    }
+    i += n;
+  }
+  return std::string::npos;
+}
+
 }  // namespace
 
 std::string read_text_file(const std::string& path) {
@@ -79,6 +106,8 @@ std::string read_text_file(const std::string& path) {
                   " bytes, the limit");
   }
   if (in.bad()) throw Error("text " + path + ": read failed");
+  if (const size_t bad = invalid_utf8_at(raw); bad != std::string::npos)
+    throw Error("text " + path + ": invalid UTF-8 at byte " + std::to_string(bad));
   std::string text;
   text.reserve(raw.size());
   for (size_t i = 0; i < raw.size(); ++i) {

@@ -165,6 +165,7 @@ write("tok_259.bin", tokenizer(259))      # the checkpoint's vocabulary is 260
 write("tok_260.bin", tokenizer(260))
 write("tok_truncated.bin", tokenizer(260)[:-3])
 write("text.txt", b"hello hostile world\n")
+write("text_invalid_utf8.txt", b"hello \xff\xfe hostile \xe2\x82 world\n")  # byte 6 starts no character
 
 # --- results databases (SQLite) ---------------------------------------------------------------
 def database(name, sql):
