@@ -354,8 +354,9 @@ int run(int argc, char** argv) {
   add_rotate_quantize(reg, quick ? 8192 : 65536, false);
   add_rotate_quantize(reg, quick ? 8192 : 65536, true);
   for (int n : {128, 256, 512, 1024, 2048, 4096}) add_fwht(reg, n, int64_t{1} << (quick ? 22 : 26));
-  for (int64_t t : {int64_t{4096}, int64_t{32768}, int64_t{131072}})
-    if (!quick || t == 4096) add_attention(reg, 8, t);
+  for (int batch : {8, 1})  // B = 1: the single-sequence latency case
+    for (int64_t t : {int64_t{4096}, int64_t{32768}, int64_t{131072}})
+      if (!quick || t == 4096) add_attention(reg, batch, t);
 
   set_gpu_name_provider(&cuda_device_name);
   std::string command = "kvq-bench-cuda";

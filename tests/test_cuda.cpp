@@ -276,6 +276,53 @@ TEST_CASE("cuda: rotate_quantize equals the reference bitwise (F16, BF16, F32; a
   }
 }
 
+// The warp-per-row kernel (rows of 1024/2048/4096 channels, G = 128, 2 or 4 bits): 32 heads
+// (4096 channels, the grouped FWHT inside the row's lane-high bits) and 8 heads of 128 (the
+// grouped FWHT reaching them), both zero points, clip 0.8 and 1.0, every input type; 3000
+// rows of 4096 (more than the grid's warps, so each warp stages its next row while computing)
+// for the benchmark's form.
+TEST_CASE("cuda: rotate_quantize (row kernel shapes) equals the reference bitwise") {
+  for (const Shape3& s :
+       {Shape3{37, 32, 128}, Shape3{19, 8, 128}, Shape3{11, 16, 128}, Shape3{3000, 32, 128}}) {
+    const KvShape shape{s.tokens, s.heads, s.d};
+    const int64_t n = s.tokens * shape.channels();
+    const std::vector<float> x = make_data(s.tokens, shape.channels(), 43);
+    std::vector<uint16_t> x16(static_cast<size_t>(n)), xb16(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) {
+      x16[static_cast<size_t>(i)] = float_to_half(x[static_cast<size_t>(i)]);
+      xb16[static_cast<size_t>(i)] = float_to_bf16(x[static_cast<size_t>(i)]);
+    }
+    const Shape dims{s.tokens, s.heads, s.d};
+    const std::vector<TensorView> views{{x16.data(), DType::F16, dims},
+                                        {xb16.data(), DType::BF16, dims},
+                                        {x.data(), DType::F32, dims}};
+    for (size_t vi = 0; vi < views.size(); ++vi)
+      for (AppendRotation rot :
+           {AppendRotation::KeyGrouped, AppendRotation::PerHead, AppendRotation::None})
+        for (int bits : {2, 4})
+          for (ZeroPoint zp : {ZeroPoint::Float, ZeroPoint::Int})
+            for (bool with_perm : {true, false}) {
+              if (s.tokens == 3000 && (vi == 2 || rot != AppendRotation::KeyGrouped ||
+                                       bits != 2 || zp != ZeroPoint::Float || !with_perm))
+                continue;
+              RotateQuantizeParams p;
+              p.rotation = rot;
+              p.rotation_params.head_group = s.heads == 8 ? 8 : 4;
+              if (with_perm) p.rotation_params.perm = shuffled_perm(shape.channels(), 6);
+              p.quant.bits = bits;
+              p.quant.zero_point = zp;
+              p.quant.clip = bits == 2 ? 0.8f : 1.0f;
+              const std::string name =
+                  shape_name(s.tokens, s.heads, s.d) + " " + dtype_name(views[vi].dtype) +
+                  " rot" + std::to_string(static_cast<int>(rot)) + " b" + std::to_string(bits) +
+                  (zp == ZeroPoint::Int ? " int" : " float") + (with_perm ? " perm" : "");
+              REQUIRE(mismatch(compare_quantized(reference_rotate_quantize(views[vi], shape, p),
+                                                 gpu().rotate_quantize(views[vi], shape, p)),
+                               "rotate_quantize " + name) == "");
+            }
+  }
+}
+
 TEST_CASE("cuda: rotate_quantize rejects a non-finite fp16 input naming its index") {
   std::vector<uint16_t> x(4 * 8 * 64, float_to_half(1.0f));
   x[300] = 0x7C00u;  // +inf

@@ -31,11 +31,18 @@ namespace kvq::cuda {
 namespace {
 
 constexpr int kThreads = 128;
-constexpr int kChunk = 1024;  // tokens per block
+// Tokens per block: 1024, halved (down to 128) while batch * query heads * chunks stays under
+// kTargetBlocks, so a single sequence at 4K still puts several blocks on each of 132 SMs.
+constexpr int64_t kMaxChunk = 1024, kMinChunk = 128, kTargetBlocks = 1024;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kNegInf = -__builtin_huge_valf();
 
-int64_t chunk_count(int64_t tokens) { return (tokens + kChunk - 1) / kChunk; }
+int64_t chunk_span(int64_t heads_total, int64_t tokens) {
+  int64_t span = kMaxChunk;
+  while (span > kMinChunk && heads_total * ((tokens + span - 1) / span) < kTargetBlocks) span /= 2;
+  return span;
+}
+int64_t chunk_count(int64_t tokens, int64_t span) { return (tokens + span - 1) / span; }
 
 __device__ __forceinline__ float half_value(uint16_t h) {
   return __half2float(__ushort_as_half(h));
@@ -90,7 +97,7 @@ __global__ void prepare_query_kernel(const float* __restrict__ q, int d, bool ha
 template <int kBits, int kLoadBytes, int kNq>
 __global__ void __launch_bounds__(kThreads)
     packed_kernel(PackedDecode p, const float* __restrict__ qprep, int q_slice,
-                  float* __restrict__ partial, int64_t chunks) {
+                  float* __restrict__ partial, int64_t chunks, int64_t span) {
   constexpr int kCpw = 32 / kBits;                 // codes per 32-bit word
   constexpr int kWords = kLoadBytes / 4;
   constexpr int kCpt = kCpw * kWords;              // channels per thread
@@ -109,8 +116,8 @@ __global__ void __launch_bounds__(kThreads)
   const int c0 = hk * d + lane_in_row * kCpt;      // first channel of this thread
   const int64_t group = p.layout.group;
   const int64_t gpl = p.layout.groups_per_line;
-  const int64_t t_begin = chunk * kChunk;
-  const int64_t t_end = t_begin + kChunk < p.tokens ? t_begin + kChunk : p.tokens;
+  const int64_t t_begin = chunk * span;
+  const int64_t t_end = t_begin + span < p.tokens ? t_begin + span : p.tokens;
 
   float qv[kNq][kCpt];
   float qsum[kNq];
@@ -305,14 +312,14 @@ constexpr int kDenseMaxPerLane = 32;  // d <= 1024
 __global__ void __launch_bounds__(kThreads)
     dense_kernel(const float* __restrict__ k, const float* __restrict__ v, int64_t tokens,
                  int heads, int d, int q_heads, const float* __restrict__ qprep,
-                 float* __restrict__ partial, int64_t chunks) {
+                 float* __restrict__ partial, int64_t chunks, int64_t span) {
   const int head = blockIdx.x;
   const int64_t chunk = blockIdx.y;
   const int warp = static_cast<int>(threadIdx.x / 32), lane = static_cast<int>(threadIdx.x % 32);
   const int hk = head / (q_heads / heads);
   const int64_t cols = static_cast<int64_t>(heads) * d;
-  const int64_t t_begin = chunk * kChunk;
-  const int64_t t_end = t_begin + kChunk < tokens ? t_begin + kChunk : tokens;
+  const int64_t t_begin = chunk * span;
+  const int64_t t_end = t_begin + span < tokens ? t_begin + span : tokens;
   float qv[kDenseMaxPerLane], o[kDenseMaxPerLane];
 #pragma unroll
   for (int i = 0; i < kDenseMaxPerLane; ++i) {
@@ -410,7 +417,7 @@ int load_bytes_for(int) { return 4; }
 
 template <int kBits, int kLoadBytes, int kNq>
 void launch_packed(const PackedDecode& p, const float* qprep, float* partial, int64_t chunks,
-                   cudaStream_t stream) {
+                   int64_t span, cudaStream_t stream) {
   constexpr int kCpt = channels_per_thread<kBits, kLoadBytes>();
   const int tpr = p.head_dim / kCpt;
   const int rows = kThreads / tpr;
@@ -420,7 +427,7 @@ void launch_packed(const PackedDecode& p, const float* qprep, float* partial, in
   const int per_kv = p.q_heads / p.heads;
   for (int slice = 0; slice < per_kv; slice += kNq) {
     packed_kernel<kBits, kLoadBytes, kNq>
-        <<<grid, kThreads, smem, stream>>>(p, qprep, slice, partial, chunks);
+        <<<grid, kThreads, smem, stream>>>(p, qprep, slice, partial, chunks, span);
     check_launch("attention_decode packed kernel");
   }
 }
@@ -432,36 +439,36 @@ bool mma_decode_applies(const PackedDecode& p) {
 
 template <int kNq>
 void launch_mma(const PackedDecode& p, const float* qprep, float* partial, int64_t chunks,
-                cudaStream_t stream) {
+                int64_t span, cudaStream_t stream) {
   const size_t smem = (kMmaWarps * kMmaDim + 2 * kMmaWarps) * sizeof(float);
   const dim3 grid(static_cast<unsigned>(p.heads), static_cast<unsigned>(chunks),
                   static_cast<unsigned>(p.batch));
   for (int slice = 0; slice < p.q_heads / p.heads; slice += kNq) {
     mma_decode_kernel<kNq><<<grid, kMmaWarps * 32, smem, stream>>>(p, qprep, slice, partial,
-                                                                    chunks);
+                                                                    chunks, span);
     check_launch("attention_decode mma kernel");
   }
 }
 
 template <int kBits>
 void dispatch_packed(const PackedDecode& p, const float* qprep, float* partial, int64_t chunks,
-                     cudaStream_t stream) {
+                     int64_t span, cudaStream_t stream) {
   const int per_kv = p.q_heads / p.heads;
   if (mma_decode_applies(p)) {
     if (per_kv % 4 == 0)
-      launch_mma<4>(p, qprep, partial, chunks, stream);
+      launch_mma<4>(p, qprep, partial, chunks, span, stream);
     else if (per_kv % 2 == 0)
-      launch_mma<2>(p, qprep, partial, chunks, stream);
+      launch_mma<2>(p, qprep, partial, chunks, span, stream);
     else
-      launch_mma<1>(p, qprep, partial, chunks, stream);
+      launch_mma<1>(p, qprep, partial, chunks, span, stream);
     return;
   }
   if (per_kv % 4 == 0)
-    launch_packed<kBits, 4, 4>(p, qprep, partial, chunks, stream);
+    launch_packed<kBits, 4, 4>(p, qprep, partial, chunks, span, stream);
   else if (per_kv % 2 == 0)
-    launch_packed<kBits, 4, 2>(p, qprep, partial, chunks, stream);
+    launch_packed<kBits, 4, 2>(p, qprep, partial, chunks, span, stream);
   else
-    launch_packed<kBits, 4, 1>(p, qprep, partial, chunks, stream);
+    launch_packed<kBits, 4, 1>(p, qprep, partial, chunks, span, stream);
 }
 
 int slice_width(const PackedDecode& p) {
@@ -488,14 +495,16 @@ bool packed_decode_supported(const PackedDecode& p) {
 
 int64_t decode_scratch_bytes(int batch, int q_heads, int head_dim, int64_t tokens) {
   const int64_t heads = static_cast<int64_t>(batch) * q_heads;
-  return (heads * chunk_count(tokens) * (2 + head_dim) + heads * head_dim) *
+  return (heads * chunk_count(tokens, chunk_span(heads, tokens)) * (2 + head_dim) +
+          heads * head_dim) *
          static_cast<int64_t>(sizeof(float));
 }
 
 void attention_decode_packed(const PackedDecode& p, const float* q, float* out, void* scratch,
                              cudaStream_t stream) {
   const int64_t heads = static_cast<int64_t>(p.batch) * p.q_heads;
-  const int64_t chunks = chunk_count(p.tokens);
+  const int64_t span = chunk_span(heads, p.tokens);
+  const int64_t chunks = chunk_count(p.tokens, span);
   float* qprep = static_cast<float*>(scratch);
   float* partial = qprep + heads * p.head_dim;
   const int d = p.head_dim;
@@ -504,10 +513,10 @@ void attention_decode_packed(const PackedDecode& p, const float* q, float* out, 
       q, d, p.k_hadamard, qprep);
   check_launch("attention_decode prepare_query kernel");
   switch (p.layout.bits) {
-    case 1: dispatch_packed<1>(p, qprep, partial, chunks, stream); break;
-    case 2: dispatch_packed<2>(p, qprep, partial, chunks, stream); break;
-    case 4: dispatch_packed<4>(p, qprep, partial, chunks, stream); break;
-    default: dispatch_packed<8>(p, qprep, partial, chunks, stream); break;
+    case 1: dispatch_packed<1>(p, qprep, partial, chunks, span, stream); break;
+    case 2: dispatch_packed<2>(p, qprep, partial, chunks, span, stream); break;
+    case 4: dispatch_packed<4>(p, qprep, partial, chunks, span, stream); break;
+    default: dispatch_packed<8>(p, qprep, partial, chunks, span, stream); break;
   }
   combine_kernel<<<static_cast<unsigned>(heads), threads, d * sizeof(float), stream>>>(
       partial, chunks, d, p.v_hadamard, out);
@@ -517,7 +526,8 @@ void attention_decode_packed(const PackedDecode& p, const float* q, float* out, 
 void attention_decode_dense(const float* k, const float* v, int64_t tokens, int heads,
                             int head_dim, int q_heads, const float* q, float* out, void* scratch,
                             cudaStream_t stream) {
-  const int64_t chunks = chunk_count(tokens);
+  const int64_t span = chunk_span(q_heads, tokens);
+  const int64_t chunks = chunk_count(tokens, span);
   float* qprep = static_cast<float*>(scratch);
   float* partial = qprep + static_cast<int64_t>(q_heads) * head_dim;
   const int d = head_dim;
@@ -528,7 +538,7 @@ void attention_decode_dense(const float* k, const float* v, int64_t tokens, int 
   const dim3 grid(static_cast<unsigned>(q_heads), static_cast<unsigned>(chunks));
   const size_t smem = (4 * static_cast<size_t>(d) + 8) * sizeof(float);
   dense_kernel<<<grid, kThreads, smem, stream>>>(k, v, tokens, heads, d, q_heads, qprep, partial,
-                                                 chunks);
+                                                 chunks, span);
   check_launch("attention_decode dense kernel");
   combine_kernel<<<static_cast<unsigned>(q_heads), threads, d * sizeof(float), stream>>>(
       partial, chunks, d, false, out);

@@ -80,7 +80,7 @@ __device__ __forceinline__ float zero_of(uint32_t sz) {
 template <int kNq>
 __global__ void __launch_bounds__(kMmaWarps * 32, kMmaMinBlocks)
     mma_decode_kernel(PackedDecode p, const float* __restrict__ qprep, int q_slice,
-                      float* __restrict__ partial, int64_t chunks) {
+                      float* __restrict__ partial, int64_t chunks, int64_t span) {
   const int lane = static_cast<int>(threadIdx.x % 32), warp = static_cast<int>(threadIdx.x / 32);
   const int g = lane >> 2, t = lane & 3;
   const int hk = blockIdx.x;
@@ -88,8 +88,8 @@ __global__ void __launch_bounds__(kMmaWarps * 32, kMmaMinBlocks)
   const int b = blockIdx.z;
   const int per_kv = p.q_heads / p.heads;
   const int64_t cols = static_cast<int64_t>(p.heads) * kMmaDim;
-  const int64_t t_begin = chunk * kChunk;
-  const int64_t t_end = t_begin + kChunk < p.tokens ? t_begin + kChunk : p.tokens;
+  const int64_t t_begin = chunk * span;
+  const int64_t t_end = t_begin + span < p.tokens ? t_begin + span : p.tokens;
   const float* q0 = qprep + (static_cast<int64_t>(b) * p.q_heads + hk * per_kv + q_slice) * kMmaDim;
 
   // B operand of the K mma: column g holds part g & 1 (hi, lo) of query head g / 2, scaled by

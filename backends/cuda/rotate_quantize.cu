@@ -15,6 +15,7 @@
 #include "backends/cuda/fwht_tile.cuh"
 #include "backends/cuda/kernels.h"
 #include "backends/cuda/quantize_group.cuh"
+#include "backends/cuda/rotate_quantize_row.h"
 
 namespace kvq::cuda {
 
@@ -187,6 +188,7 @@ void rotate_quantize_token(const void* kv, const FusedAppend& a, const DeviceQua
                            uint8_t* codes, uint16_t* scale, uint16_t* zero, uint8_t* zero_int,
                            int64_t* bad_group, cudaStream_t stream) {
   if (l.rows == 0 || l.cols == 0) return;
+  if (rotate_quantize_rows(kv, a, l, codes, scale, zero, zero_int, bad_group, stream)) return;
   switch (a.input) {
     case InputType::F32: launch<InputType::F32>(kv, a, l, codes, scale, zero, zero_int, bad_group, stream); break;
     case InputType::F16: launch<InputType::F16>(kv, a, l, codes, scale, zero, zero_int, bad_group, stream); break;
