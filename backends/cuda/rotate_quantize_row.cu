@@ -26,6 +26,8 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <type_traits>
+
 #include "backends/cuda/cuda_error.h"
 #include "backends/cuda/kernels.h"
 #include "backends/cuda/quantize_group.cuh"
@@ -42,11 +44,15 @@ template <int kM>
 __device__ __forceinline__ int row_index(int lane, int e) {
   return (e & 7) | ((lane & 3) << 3) | ((e >> 3) << 5) | ((lane >> 2) << (kM - 3));
 }
-// Shared-buffer word of element idx: bit 2 flipped by bit m-3 keeps the 16-byte stores of 8
-// consecutive lanes (index bits 3, 4, m-3) on 8 distinct bank quads.
+// Shared-buffer word of element p: its low five bits (the bank) XOR-ed with index bits 5, 6,
+// 7 ^ (m-3), 8. Then the 16-byte stores of 8 consecutive lanes (index bits 3, 4, m-3 vary) land
+// on 8 distinct bank quads, and so do the quantizer's reads of an unpermuted row (32 lanes at
+// positions differing in bits 4-8 hit 32 distinct banks). Bits 0-1 move only inside a 16-byte
+// vector (by bits 5-6, which the store knows at compile time).
 template <int kM>
-__device__ __forceinline__ int phys(int idx) {
-  return idx ^ (((idx >> (kM - 3)) & 1) << 2);
+__device__ __forceinline__ int phys(int p) {
+  const int b7 = (p >> 7) ^ (kM == 10 ? 0 : p >> (kM - 3));
+  return p ^ (((p >> 5) & 1) | (((p >> 6) & 1) << 1) | ((b7 & 1) << 2) | (((p >> 8) & 1) << 3));
 }
 
 template <int kR>
@@ -133,98 +139,138 @@ struct RowArgs {
   uint16_t* zero;
   uint8_t* zero_int;
   int64_t* bad_group;
+  int64_t groups_per_row, line_bytes;
 };
 
-// Codes of one run of 16 values (float zero point), or false when a value lies within 2^-10
-// of a half-integer and the exact quotient must decide.
+// Runs of 16 stored positions quantized together (kB runs at once for independent work):
+// lane l, run r of the row reads positions 128 (4r + l/8) + 16 (l mod 8) + 0..15 from the
+// shared buffer through the offset table (entry ((2r + h) * 32 + l) * 8 + k: position 8h + k).
 template <int kBits>
-__device__ __forceinline__ bool fast_codes(const float (&x)[16], float z, float inv_s,
-                                           uint32_t (&w)[kBits / 2]) {
-  constexpr float kMaxq = static_cast<float>((1 << kBits) - 1);
-  constexpr float kMagic = 12582912.0f;  // 1.5 * 2^23: adding it rounds [0, 2^22) to integers
-  float worst = 0.0f;
-#pragma unroll
-  for (int e = 0; e < 16; ++e) {
-    const float qa = fminf(fmaxf(__fmul_rn(__fsub_rn(x[e], z), inv_s), 0.0f), kMaxq);
-    const float y = __fadd_rn(qa, kMagic);
-    worst = fmaxf(worst, fabsf(__fsub_rn(qa, __fsub_rn(y, kMagic))));
-    const uint32_t code = __float_as_uint(y) - __float_as_uint(kMagic);
-    w[(e * kBits) / 32] |= code << ((e * kBits) % 32);
-  }
-  return worst < 0.5f - 0x1p-10f;
+using CodeWord = std::conditional_t<kBits == 2, uint32_t, uint64_t>;
+
+__device__ __forceinline__ float gathered(const char* bytes, const uint16_t* table, int r,
+                                          int lane, int e) {
+  return *reinterpret_cast<const float*>(bytes + table[((2 * r + (e >> 3)) * 32 + lane) * 8 + (e & 7)]);
 }
 
-template <int kBits>
-__device__ void quantize_run(const float (&x)[16], int lane, int64_t group, int64_t code_offset,
-                             const RowArgs& a) {
-  float lo = x[0], hi = x[0];
-#pragma unroll
-  for (int e = 1; e < 16; ++e) lo = fminf(lo, x[e]), hi = fmaxf(hi, x[e]);
-#pragma unroll
-  for (int off = 1; off < 8; off <<= 1) {
-    lo = fminf(lo, __shfl_xor_sync(kFull, lo, off));
-    hi = fmaxf(hi, __shfl_xor_sync(kFull, hi, off));
-  }
-  if (__any_sync(kFull, lo == 0.0f || hi == 0.0f)) {
-    // The reference's scan keeps the sign of the first zero in group order.
-    int first = 0x7FFFFFFF;
-    float sign = 0.0f;
-#pragma unroll
-    for (int e = 15; e >= 0; --e)
-      if (x[e] == 0.0f) first = 16 * (lane & 7) + e, sign = x[e];
-#pragma unroll
-    for (int off = 1; off < 8; off <<= 1) {
-      const int of = __shfl_xor_sync(kFull, first, off);
-      const float os = __shfl_xor_sync(kFull, sign, off);
-      if (of < first) first = of, sign = os;
-    }
-    if (lo == 0.0f) lo = sign;
-    if (hi == 0.0f) hi = sign;
-  }
+template <int kBits, int kB>
+__device__ __forceinline__ void quantize_runs(const char* bytes, const uint16_t* table, int r0,
+                                              int lane, int64_t row, const RowArgs& a) {
   constexpr float kMaxq = static_cast<float>((1 << kBits) - 1);
-  lo = __fmul_rn(lo, a.clip);
-  hi = __fmul_rn(hi, a.clip);
-  const float range = __fdiv_rn(__fsub_rn(hi, lo), kMaxq);
-  const uint16_t scale16 = detail::half_bits(range);
-  const uint16_t zero16 = detail::half_bits(lo);
+  const uint4* t4 = reinterpret_cast<const uint4*>(table);
+  float x[kB][16];
+#pragma unroll
+  for (int b = 0; b < kB; ++b) {
+    const uint4 t0 = t4[(2 * (r0 + b)) * 32 + lane];
+    const uint4 t1 = t4[(2 * (r0 + b) + 1) * 32 + lane];
+    const uint32_t off[8] = {t0.x, t0.y, t0.z, t0.w, t1.x, t1.y, t1.z, t1.w};
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      x[b][2 * k] = *reinterpret_cast<const float*>(bytes + (off[k] & 0xFFFFu));
+      x[b][2 * k + 1] = *reinterpret_cast<const float*>(bytes + (off[k] >> 16));
+    }
+  }
+  float lo[kB], hi[kB];
+#pragma unroll
+  for (int b = 0; b < kB; ++b) {
+    lo[b] = x[b][0], hi[b] = x[b][0];
+#pragma unroll
+    for (int e = 1; e < 16; ++e) lo[b] = fminf(lo[b], x[b][e]), hi[b] = fmaxf(hi[b], x[b][e]);
+  }
+#pragma unroll
+  for (int off = 1; off < 8; off <<= 1)
+#pragma unroll
+    for (int b = 0; b < kB; ++b) {
+      lo[b] = fminf(lo[b], __shfl_xor_sync(kFull, lo[b], off));
+      hi[b] = fmaxf(hi[b], __shfl_xor_sync(kFull, hi[b], off));
+    }
+  bool zero_extreme = false;
+#pragma unroll
+  for (int b = 0; b < kB; ++b) zero_extreme |= lo[b] == 0.0f || hi[b] == 0.0f;
+  if (__any_sync(kFull, zero_extreme)) {
+    // The reference's scan keeps the sign of the first zero in group order.
+#pragma unroll
+    for (int b = 0; b < kB; ++b) {
+      int first = 0x7FFFFFFF;
+      float sign = 0.0f;
+#pragma unroll
+      for (int e = 15; e >= 0; --e)
+        if (x[b][e] == 0.0f) first = 16 * (lane & 7) + e, sign = x[b][e];
+#pragma unroll
+      for (int off = 1; off < 8; off <<= 1) {
+        const int of = __shfl_xor_sync(kFull, first, off);
+        const float os = __shfl_xor_sync(kFull, sign, off);
+        if (of < first) first = of, sign = os;
+      }
+      if (lo[b] == 0.0f) lo[b] = sign;
+      if (hi[b] == 0.0f) hi[b] = sign;
+    }
+  }
   const bool leader = (lane & 7) == 0;
-  if (!detail::half_finite(scale16) || (!a.int_zero_point && !detail::half_finite(zero16))) {
-    if (leader)
-      atomicMin(reinterpret_cast<unsigned long long*>(a.bad_group),
-                static_cast<unsigned long long>(group));
-    return;
-  }
-  uint32_t w[kBits / 2] = {};
-  if (!a.int_zero_point) {
-    if (leader) a.scale[group] = scale16, a.zero[group] = zero16;
-    const float s = detail::half_value(scale16);
-    const float z = detail::half_value(zero16);
-    if (s != 0.0f && !fast_codes<kBits>(x, z, __frcp_rn(s), w)) {
 #pragma unroll
-      for (int k = 0; k < kBits / 2; ++k) w[k] = 0;
-      const float inv_s = __frcp_rn(s);
-#pragma unroll
-      for (int e = 0; e < 16; ++e)
-        w[(e * kBits) / 32] |= detail::float_code(x[e], z, s, inv_s, kMaxq)
-                               << ((e * kBits) % 32);
+  for (int b = 0; b < kB; ++b) {
+    const int r = r0 + b;
+    const int g = 4 * r + (lane >> 3);
+    const int64_t group = row * a.groups_per_row + g;
+    const float l = __fmul_rn(lo[b], a.clip);
+    const float h = __fmul_rn(hi[b], a.clip);
+    const float range = __fdiv_rn(__fsub_rn(h, l), kMaxq);
+    const uint16_t scale16 = detail::half_bits(range);
+    const uint16_t zero16 = detail::half_bits(l);
+    if (!detail::half_finite(scale16) || (!a.int_zero_point && !detail::half_finite(zero16))) {
+      if (leader)
+        atomicMin(reinterpret_cast<unsigned long long*>(a.bad_group),
+                  static_cast<unsigned long long>(group));
+      continue;
     }
-  } else {
-    const float s = range;
-    uint32_t zp = 0;
-    if (s != 0.0f) zp = detail::clamp_code(rintf(__fdiv_rn(-lo, s)), kMaxq);
-    if (leader) a.scale[group] = scale16, a.zero_int[group] = static_cast<uint8_t>(zp);
-    if (s != 0.0f) {
-      const float zpf = static_cast<float>(zp);
+    CodeWord<kBits> w = 0;
+    if (!a.int_zero_point) {
+      if (leader) a.scale[group] = scale16, a.zero[group] = zero16;
+      const float s = detail::half_value(scale16);
+      const float z = detail::half_value(zero16);
+      if (s != 0.0f) {
+        // u = (x - z) / s as t * (1/s): |qa - u| <= |u| 2^-23 <= 2^-19 for u <= 16, so only a
+        // value within 2^-14 of a half-integer can round differently; those take the exact
+        // quotient one at a time. (Clamping first is the same code, see the file comment.)
+        constexpr float kMagic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+        const float inv_s = __frcp_rn(s);
+        uint32_t near_half = 0;
 #pragma unroll
-      for (int e = 0; e < 16; ++e)
-        w[(e * kBits) / 32] |= detail::clamp_code(__fadd_rn(rintf(__fdiv_rn(x[e], s)), zpf), kMaxq)
-                               << ((e * kBits) % 32);
+        for (int e = 0; e < 16; ++e) {
+          const float qa =
+              fminf(fmaxf(__fmul_rn(__fsub_rn(x[b][e], z), inv_s), 0.0f), kMaxq);
+          const float y = __fadd_rn(qa, kMagic);
+          if (fabsf(__fsub_rn(qa, __fsub_rn(y, kMagic))) >= 0.5f - 0x1p-14f) near_half |= 1u << e;
+          w |= static_cast<CodeWord<kBits>>(__float_as_uint(y) - __float_as_uint(kMagic))
+               << (e * kBits);
+        }
+        while (near_half != 0) {
+          const int e = __ffs(near_half) - 1;
+          near_half &= near_half - 1;
+          const uint32_t code =
+              detail::clamp_code(rintf(__fdiv_rn(__fsub_rn(gathered(bytes, table, r, lane, e), z), s)),
+                                 kMaxq);
+          w = (w & ~(static_cast<CodeWord<kBits>>(kMaxq) << (e * kBits))) |
+              (static_cast<CodeWord<kBits>>(code) << (e * kBits));
+        }
+      }
+    } else {
+      const float s = range;
+      uint32_t zp = 0;
+      if (s != 0.0f) zp = detail::clamp_code(rintf(__fdiv_rn(-l, s)), kMaxq);
+      if (leader) a.scale[group] = scale16, a.zero_int[group] = static_cast<uint8_t>(zp);
+      if (s != 0.0f) {
+        const float zpf = static_cast<float>(zp);
+#pragma unroll 1
+        for (int e = 0; e < 16; ++e)
+          w |= static_cast<CodeWord<kBits>>(detail::clamp_code(
+                   __fadd_rn(rintf(__fdiv_rn(gathered(bytes, table, r, lane, e), s)), zpf), kMaxq))
+               << (e * kBits);
+      }
     }
+    *reinterpret_cast<CodeWord<kBits>*>(a.codes + row * a.line_bytes + g * 16 * kBits +
+                                        (lane & 7) * 2 * kBits) = w;
   }
-  if constexpr (kBits == 2)
-    *reinterpret_cast<uint32_t*>(a.codes + code_offset) = w[0];
-  else
-    *reinterpret_cast<uint2*>(a.codes + code_offset) = make_uint2(w[0], w[1]);
 }
 
 template <InputType kIn, int kM, int kBits>
@@ -233,6 +279,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   constexpr int kCols = 1 << kM;
   constexpr int kR = kCols / 32;       // floats per lane
   constexpr int kRuns = kCols / 512;   // 16-value runs per lane
+  constexpr int kBatch = 2;            // runs quantized together
   constexpr bool kStaged = kIn != InputType::F32;
   extern __shared__ uint4 smem[];
   // [table: kCols uint16][per warp: buffer kCols floats][per warp: staging kCols 16-bit]
@@ -255,7 +302,6 @@ __global__ void __launch_bounds__(kWarps * 32)
   const uint16_t* src16 = static_cast<const uint16_t*>(a.kv);
   if constexpr (kStaged)
     if (row < a.rows) stage_row<kM>(src16 + row * kCols, stage, lane);
-  const int64_t line_bytes = static_cast<int64_t>(kCols) * kBits / 8;
   for (; row < a.rows; row += stride) {
     float v[kR];
     if constexpr (kStaged) {
@@ -282,27 +328,18 @@ __global__ void __launch_bounds__(kWarps * 32)
       for (int e = 0; e < kR; ++e) v[e] = __fmul_rn(v[e], a.fwht_scale);
     }
 #pragma unroll
-    for (int j = 0; j < kR / 4; ++j)
-      *reinterpret_cast<float4*>(buf + phys<kM>(row_index<kM>(lane, 4 * j))) =
-          make_float4(v[4 * j], v[4 * j + 1], v[4 * j + 2], v[4 * j + 3]);
+    for (int j = 0; j < kR / 4; ++j) {
+      // Element 4j + q lands in word q ^ x of the vector, x = index bits 5-6 = bits 1-2 of j.
+      const int x = (j >> 1) & 3;
+      *reinterpret_cast<float4*>(buf + (phys<kM>(row_index<kM>(lane, 4 * j)) & ~3)) =
+          make_float4(v[4 * j + (0 ^ x)], v[4 * j + (1 ^ x)], v[4 * j + (2 ^ x)],
+                      v[4 * j + (3 ^ x)]);
+    }
     __syncwarp();
     const char* bytes = reinterpret_cast<const char*>(buf);
-    const uint4* t4 = reinterpret_cast<const uint4*>(table);
-#pragma unroll
-    for (int r = 0; r < kRuns; ++r) {
-      const uint4 t0 = t4[(2 * r) * 32 + lane];
-      const uint4 t1 = t4[(2 * r + 1) * 32 + lane];
-      const uint32_t off[8] = {t0.x, t0.y, t0.z, t0.w, t1.x, t1.y, t1.z, t1.w};
-      float x[16];
-#pragma unroll
-      for (int k = 0; k < 8; ++k) {
-        x[2 * k] = *reinterpret_cast<const float*>(bytes + (off[k] & 0xFFFFu));
-        x[2 * k + 1] = *reinterpret_cast<const float*>(bytes + (off[k] >> 16));
-      }
-      const int g = 4 * r + (lane >> 3);
-      quantize_run<kBits>(x, lane, row * (kCols / 128) + g,
-                          row * line_bytes + g * 16 * kBits + (lane & 7) * 2 * kBits, a);
-    }
+#pragma unroll 1
+    for (int r = 0; r < kRuns; r += kBatch)
+      quantize_runs<kBits, kBatch>(bytes, table, r, lane, row, a);
     __syncwarp();
   }
 }
@@ -366,8 +403,8 @@ bool rotate_quantize_rows(const void* kv, const FusedAppend& f, const DeviceQuan
   if (m < 10 || m > 12 || l.channel_axis || l.group != 128 || (l.bits != 2 && l.bits != 4) ||
       log2n < 0 || log2n > m || (reinterpret_cast<uintptr_t>(kv) & 15u) != 0 || l.rows < 1)
     return false;
-  RowArgs a{kv, l.rows, log2n, f.fwht_scale, l.clip, l.int_zero_point,
-            codes, scale, zero, zero_int, bad_group};
+  RowArgs a{kv,   l.rows, log2n, f.fwht_scale, l.clip,      l.int_zero_point,
+            codes, scale, zero, zero_int, bad_group, l.cols / 128, l.cols * l.bits / 8};
   switch (f.input) {
     case InputType::F32: dispatch_cols<InputType::F32>(a, m, l.bits, f.perm, stream); break;
     case InputType::F16: dispatch_cols<InputType::F16>(a, m, l.bits, f.perm, stream); break;
