@@ -237,20 +237,24 @@ TEST_CASE("cuda: quantize rejects non-finite input and an fp16-overflowing scale
   REQUIRE_THROWS_WITH(gpu().quantize(y, 2, 128, p), Catch::Contains("group 1"));
 }
 
+// make_data of a [tokens, heads, d] shape as F16, BF16 and F32 views (in that order).
+struct TypedInputs {
+  std::vector<float> x;
+  std::vector<uint16_t> x16, xb16;
+  std::vector<TensorView> views;
+  TypedInputs(const Shape3& s, uint32_t seed) : x(make_data(s.tokens, s.heads * s.d, seed)) {
+    for (float v : x) x16.push_back(float_to_half(v)), xb16.push_back(float_to_bf16(v));
+    const Shape dims{s.tokens, s.heads, s.d};
+    views = {{x16.data(), DType::F16, dims}, {xb16.data(), DType::BF16, dims},
+             {x.data(), DType::F32, dims}};
+  }
+};
+
 TEST_CASE("cuda: rotate_quantize equals the reference bitwise (F16, BF16, F32; all rotations)") {
   for (const Shape3& s : kv_shapes()) {
     const KvShape shape{s.tokens, s.heads, s.d};
-    const int64_t n = s.tokens * shape.channels();
-    const std::vector<float> x = make_data(s.tokens, shape.channels(), 41);
-    std::vector<uint16_t> x16(static_cast<size_t>(n)), xb16(static_cast<size_t>(n));
-    for (int64_t i = 0; i < n; ++i) {
-      x16[static_cast<size_t>(i)] = float_to_half(x[static_cast<size_t>(i)]);
-      xb16[static_cast<size_t>(i)] = float_to_bf16(x[static_cast<size_t>(i)]);
-    }
-    const Shape dims{s.tokens, s.heads, s.d};
-    const std::vector<TensorView> views{{x16.data(), DType::F16, dims},
-                                        {xb16.data(), DType::BF16, dims},
-                                        {x.data(), DType::F32, dims}};
+    const TypedInputs in(s, 41);
+    const std::vector<TensorView>& views = in.views;
     for (size_t vi = 0; vi < views.size(); ++vi)
       for (AppendRotation rot :
            {AppendRotation::KeyGrouped, AppendRotation::PerHead, AppendRotation::None})
@@ -285,17 +289,8 @@ TEST_CASE("cuda: rotate_quantize (row kernel shapes) equals the reference bitwis
   for (const Shape3& s :
        {Shape3{37, 32, 128}, Shape3{19, 8, 128}, Shape3{11, 16, 128}, Shape3{3000, 32, 128}}) {
     const KvShape shape{s.tokens, s.heads, s.d};
-    const int64_t n = s.tokens * shape.channels();
-    const std::vector<float> x = make_data(s.tokens, shape.channels(), 43);
-    std::vector<uint16_t> x16(static_cast<size_t>(n)), xb16(static_cast<size_t>(n));
-    for (int64_t i = 0; i < n; ++i) {
-      x16[static_cast<size_t>(i)] = float_to_half(x[static_cast<size_t>(i)]);
-      xb16[static_cast<size_t>(i)] = float_to_bf16(x[static_cast<size_t>(i)]);
-    }
-    const Shape dims{s.tokens, s.heads, s.d};
-    const std::vector<TensorView> views{{x16.data(), DType::F16, dims},
-                                        {xb16.data(), DType::BF16, dims},
-                                        {x.data(), DType::F32, dims}};
+    const TypedInputs in(s, 43);
+    const std::vector<TensorView>& views = in.views;
     for (size_t vi = 0; vi < views.size(); ++vi)
       for (AppendRotation rot :
            {AppendRotation::KeyGrouped, AppendRotation::PerHead, AppendRotation::None})
