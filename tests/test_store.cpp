@@ -292,8 +292,9 @@ TEST_CASE("store: named queries run on a small populated database") {
     names.insert(name);
     sql[name] = text;
   }
-  CHECK(names == std::set<std::string>{"accuracy", "experts", "failing", "last_run", "memory",
-                                       "sinks", "speedup", "vlm"});
+  CHECK(names == std::set<std::string>{"accuracy", "experts", "failing", "last_run",
+                                       "matched_bits", "memory", "pareto", "sinks", "speedup",
+                                       "vlm"});
 
   // An older run whose rows must not show up.
   const int64_t old_run = store.begin_run(run_info());
