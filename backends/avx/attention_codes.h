@@ -103,13 +103,17 @@ inline const uint8_t* value_rows(const DecodeSide& v, int64_t t, int64_t n) {
 }
 
 // Piece i of n of [at, at + bytes): prefetches spread over a loop instead of one burst that
-// stalls on the line fill buffers.
-template <int Hint>
+// stalls on the line fill buffers. L1 = true prefetches into L1 (T0), else into L2 (T1); the hint
+// is spelled at the call because GCC takes an enum and clang an int.
+template <bool L1>
 inline void prefetch_piece(const uint8_t* at, int64_t bytes, int64_t i, int64_t n) {
   if (!at) return;
   const int64_t lines = (bytes + 63) / 64;
   for (int64_t l = i * lines / n; l < (i + 1) * lines / n; ++l)
-    _mm_prefetch(reinterpret_cast<const char*>(at + 64 * l), static_cast<_mm_hint>(Hint));
+    if constexpr (L1)
+      _mm_prefetch(reinterpret_cast<const char*>(at + 64 * l), _MM_HINT_T0);
+    else
+      _mm_prefetch(reinterpret_cast<const char*>(at + 64 * l), _MM_HINT_T1);
 }
 
 // Scale and zero of groups [0, gpl) of rows row0 .. row0 + n - 1 into sz[0][g][j], sz[1][g][j]:
@@ -324,8 +328,8 @@ inline void code_block(const CodeBlockArgs& a, const CodeScratch& sc, int64_t t0
             const int64_t h = g * per_kv + h0;
             const int nh = static_cast<int>(per_kv - h0 < 4 ? per_kv - h0 : 4);
             if (h0 == 0) {
-              prefetch_piece<_MM_HINT_T0>(next_k, tile_bytes, g, p.heads);
-              prefetch_piece<_MM_HINT_T1>(v_rows, v_bytes, g, p.heads);
+              prefetch_piece<true>(next_k, tile_bytes, g, p.heads);
+              prefetch_piece<false>(v_rows, v_bytes, g, p.heads);
             }
             by_bits_heads<S, ScoresBody>(qs.bits, nh, qs, tile, voff, g, d, qc + h * d,
                                          sc.sum_q + h * 16, sc.sz + j,
