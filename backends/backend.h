@@ -1,4 +1,4 @@
-// The one interface every backend implements (DESIGN.md "Backend interface"). Inputs are plain
+// The one interface every backend implements (docs/design.md "Backend interface"). Inputs are plain
 // fp32 spans (recordings are widened exactly on load) except the fused append path, which reads
 // fp16 or fp32 K/V as an inference engine holds them. A backend that lacks an op says so through
 // supports(); it never falls back to another backend silently.

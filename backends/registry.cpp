@@ -15,7 +15,7 @@ namespace {
 
 std::vector<BackendEntry> build_registry() {
   std::vector<BackendEntry> entries;
-  entries.push_back({"ref", true, "scalar C++ reference (SPEC.md), always available",
+  entries.push_back({"ref", true, "scalar C++ reference (docs/spec.md), always available",
                      &make_reference_backend});
 #ifdef KVQ_HAVE_AVX
   for (BackendEntry& entry : avx_backend_entries()) entries.push_back(std::move(entry));

@@ -173,7 +173,7 @@ std::shared_ptr<Prepared> prepare(const BenchSpec& s) {
       }
       if (s.reorder && s.rotation == AppendRotation::KeyGrouped) {
         const std::vector<float> xr = rotate_k(x, p->shape, p->rotation);
-        const int64_t calib = std::max<int64_t>(1, s.tokens / 2);  // SPEC.md §2 default
+        const int64_t calib = std::max<int64_t>(1, s.tokens / 2);  // docs/spec.md §2 default
         p->rotation.perm = calibrate_permutation(
             std::span<const float>(xr).first(static_cast<size_t>(calib * channels)), calib,
             channels);
@@ -227,7 +227,7 @@ void run_once(const Prepared& p, const Backend& b) {
   const BenchSpec& s = p.spec;
   const int64_t channels = p.shape.channels();
   if (s.op == "fwht") {
-    // In place on the same buffer: the normalized transform is orthonormal (SPEC.md §1), so
+    // In place on the same buffer: the normalized transform is orthonormal (docs/spec.md §1), so
     // repeated application keeps the values bounded.
     b.fwht(p.work, static_cast<int>(s.n > 0 ? s.n : channels));
     benchmark::DoNotOptimize(p.work.data());

@@ -1,4 +1,4 @@
-// Google Benchmark registrations for `kvq bench` (DESIGN.md "bench/"): one benchmark per
+// Google Benchmark registrations for `kvq bench` (docs/design.md "bench/"): one benchmark per
 // (case, backend) of a scenario plus a memcpy of the same bytes in the same run, so every
 // kernel's bandwidth is reported as a fraction of copy (STYLE.md rule 15).
 #pragma once

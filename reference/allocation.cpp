@@ -1,4 +1,4 @@
-// AKVQ-VL TSA/PSA bit allocation as SPEC.md §6 states it (note A1: the paper's exact rule is
+// AKVQ-VL TSA/PSA bit allocation as docs/spec.md §6 states it (note A1: the paper's exact rule is
 // not confirmed yet; this is the specification's default text).
 #include "reference/allocation.h"
 

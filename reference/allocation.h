@@ -1,5 +1,5 @@
-// AKVQ-VL attention-aware bit allocation, SPEC.md §6 (note A1 open: this implements SPEC.md's
-// default text, to be replaced by the paper's rule once confirmed).
+// AKVQ-VL attention-aware bit allocation, docs/spec.md §6 (note A1 open: this implements
+// docs/spec.md's default text, to be replaced by the paper's rule once confirmed).
 #pragma once
 
 #include <cstdint>
@@ -14,11 +14,11 @@ enum class AttentionPattern : uint8_t {
 };
 
 struct AllocationParams {
-  double tsa_fraction = 0.5;       // SPEC.md §6: TSA for l < L * 0.5
-  double psa_mass = 0.5;           // SPEC.md §6: pivots hold 50% of received attention mass...
+  double tsa_fraction = 0.5;       // docs/spec.md §6: TSA for l < L * 0.5
+  double psa_mass = 0.5;           // docs/spec.md §6: pivots hold 50% of received attention mass...
   double psa_max_fraction = 0.01;  // ...but are at most 1% of tokens
-  int bits_hi = 8;                 // SPEC.md §6 default b_hi
-  int bits_lo = 2;                 // SPEC.md §6 default b_lo
+  int bits_hi = 8;                 // docs/spec.md §6 default b_hi
+  int bits_lo = 2;                 // docs/spec.md §6 default b_lo
 };
 
 // TSA when layer < tsa_fraction * layers (compared in fp64), PSA otherwise.

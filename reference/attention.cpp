@@ -1,4 +1,4 @@
-// Decode attention over a quantized KV cache, SPEC.md §7, and its fp64 oracle. The cache is
+// Decode attention over a quantized KV cache, docs/spec.md §7, and its fp64 oracle. The cache is
 // reconstructed first (dequantize, sparse outliers, inverse rotation, fp16 kept rows, RoPE),
 // then one query attends to all cached tokens.
 //
@@ -6,7 +6,7 @@
 //   s_j = (sum_{c = 0 .. d-1} q[c] * k_j[c], accumulated from 0.0f in channel order) / sqrt(d)
 //   m = max_j s_j;  e_j = exp(s_j - m);  Z = sum_j e_j in token order from 0.0f
 //   p_j = e_j / Z;  o[c] = sum_j p_j * v_j[c] in token order from 0.0f
-// Each product, sum, exp and division is a separate rounding (no FMA, SPEC.md §0).
+// Each product, sum, exp and division is a separate rounding (no FMA, docs/spec.md §0).
 #include "reference/attention.h"
 
 #include <algorithm>

@@ -1,4 +1,5 @@
-// Decode attention over a quantized KV cache, SPEC.md §7 (a tolerance op), and its fp64 oracle.
+// Decode attention over a quantized KV cache, docs/spec.md §7 (a tolerance op), and its fp64
+// oracle.
 #pragma once
 
 #include <cstdint>
@@ -35,7 +36,7 @@ struct DecodeCache {
   // k_pre_rope (RoPE is applied after, like every other row), post-RoPE otherwise.
   std::vector<uint8_t> v_kept;
   // Quantized parts over subsets of tokens, used instead of k / v when non-empty: sinks are
-  // excluded from quantization groups (SPEC.md §4) and AKVQ-VL stores two bit widths (§6).
+  // excluded from quantization groups (docs/spec.md §4) and AKVQ-VL stores two bit widths (§6).
   // Row r of part.q holds token part.tokens[r].
   struct QuantizedRows {
     std::vector<int32_t> tokens;
@@ -50,12 +51,12 @@ struct DecodeCache {
     std::vector<uint16_t> value;
   };
   SparseOutliers k_outliers, v_outliers;
-  // The fp32 method (the unquantized baseline, SPEC.md §8): when non-empty these rows
+  // The fp32 method (the unquantized baseline, docs/spec.md §8): when non-empty these rows
   // [tokens, heads * head_dim] (original basis, K post-RoPE) are the cache, exactly.
   std::vector<float> k_f32, v_f32;
 };
 
-// Causal attention probabilities of one query head in fp64 (SPEC.md §4 ground truth, §6
+// Causal attention probabilities of one query head in fp64 (docs/spec.md §4 ground truth, §6
 // received attention): q [T, q_heads, d] and k [T, kv_heads, d] post-RoPE;
 // A[i, j] = softmax_j<=i(q_i . k_j / sqrt(d)), max-subtracted, 0 above the diagonal.
 // Grouped-query: head h reads KV head h / (q_heads / kv_heads). Returns [T, T] row-major.
@@ -70,7 +71,7 @@ void apply_rope(std::span<float> x, int64_t heads, int64_t head_dim, int64_t pos
                 float theta);
 
 // The K and V the cache reconstructs, [tokens, heads * head_dim], in the original basis, post-RoPE
-// for K (SPEC.md §7: k_j = RoPE_j(inverse_rotate(dequant(K_j)))).
+// for K (docs/spec.md §7: k_j = RoPE_j(inverse_rotate(dequant(K_j)))).
 std::vector<float> reconstruct_keys(const DecodeCache& cache);
 std::vector<float> reconstruct_values(const DecodeCache& cache);
 

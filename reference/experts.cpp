@@ -1,4 +1,4 @@
-// Super Experts, SPEC.md §5: per-expert down_proj max-abs statistics and the selection rule of
+// Super Experts, docs/spec.md §5: per-expert down_proj max-abs statistics and the selection rule of
 // ZunhaiSu/Super-Experts-Profilling (`_identify_super_experts`).
 #include "reference/experts.h"
 

@@ -1,4 +1,4 @@
-// Super Experts, SPEC.md §5.
+// Super Experts, docs/spec.md §5.
 #pragma once
 
 #include <cstdint>
@@ -21,16 +21,16 @@ std::vector<ExpertStat> expert_statistics(std::span<const int32_t> ids,
                                           std::span<const int32_t> down_argmax,  // may be empty
                                           int64_t tokens, int64_t top_k, int64_t num_experts);
 
-// Super Expert selection over all layers' statistics (stats[l][e], SPEC.md §5): layers
+// Super Expert selection over all layers' statistics (stats[l][e], docs/spec.md §5): layers
 // l < round(include_layers * L) (round half to even, as Python's round()) are considered; e is
 // a Super Expert of l if m > P99.5 and m > floor(max_all / 10) (strict), P99.5 the 99.5th
 // percentile of every considered m (never-routed experts included, m = 0) with numpy's default
 // linear interpolation, max_all their maximum. Sorted by m descending (ties: lower layer, then
 // lower expert), ranked from 1.
 struct SuperExpertParams {
-  double include_layers = 0.75;  // SPEC.md §5 default
-  double percentile = 99.5;      // SPEC.md §5
-  double max_divisor = 10.0;     // SPEC.md §5: floor(max_all / 10)
+  double include_layers = 0.75;  // docs/spec.md §5 default
+  double percentile = 99.5;      // docs/spec.md §5
+  double max_divisor = 10.0;     // docs/spec.md §5: floor(max_all / 10)
 };
 struct SuperExpert {
   int32_t rank = 0;

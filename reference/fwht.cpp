@@ -1,4 +1,4 @@
-// Normalized fast Walsh-Hadamard transform, written exactly as SPEC.md §1 states it.
+// Normalized fast Walsh-Hadamard transform, written exactly as docs/spec.md §1 states it.
 #include "reference/fwht.h"
 
 #include <cmath>
@@ -12,7 +12,7 @@ namespace kvq {
 
 namespace {
 
-constexpr int kMaxFwhtSize = 32768;  // SPEC.md §1: n = 2^m, 1 <= m <= 15
+constexpr int kMaxFwhtSize = 32768;  // docs/spec.md §1: n = 2^m, 1 <= m <= 15
 
 void check_size(int n) {
   if (n < 2 || n > kMaxFwhtSize || (n & (n - 1)) != 0)
@@ -21,7 +21,7 @@ void check_size(int n) {
 }
 
 // One block of n values: stages in ascending h, one add or subtract per butterfly output,
-// then the single normalizing multiply (SPEC.md §1).
+// then the single normalizing multiply (docs/spec.md §1).
 void fwht_block(float* x, int n, float s) {
   for (int h = 1; h < n; h *= 2)
     for (int i = 0; i < n; i += 2 * h)

@@ -1,4 +1,4 @@
-// Normalized fast Walsh-Hadamard transform, SPEC.md §1.
+// Normalized fast Walsh-Hadamard transform, docs/spec.md §1.
 #pragma once
 
 #include <span>

@@ -1,4 +1,4 @@
-// IEEE binary16 and bfloat16 conversions (SPEC.md §0): widening is exact, narrowing rounds to
+// IEEE binary16 and bfloat16 conversions (docs/spec.md §0): widening is exact, narrowing rounds to
 // nearest even, overflow gives inf, subnormals are kept. Pure bit manipulation so every backend
 // (scalar, AVX, CUDA host code) agrees with it by construction.
 #pragma once

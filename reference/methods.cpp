@@ -1,4 +1,4 @@
-// KV-cache compression methods of SPEC.md §8 as compositions of rotation (§2), quantization
+// KV-cache compression methods of docs/spec.md §8 as compositions of rotation (§2), quantization
 // (§3), sinks (§4) and bit allocation (§6). Whole-layer apply and the incremental cache share
 // one row pipeline (rotate -> [outliers] -> quantize -> dequantize -> inverse rotate -> RoPE)
 // whose every step is row-local or group-local, so both give the same bits for the same groups.
@@ -33,7 +33,7 @@ constexpr MethodName kMethods[] = {
     {Method::AkvqVl, "akvq-vl"},
 };
 
-// What a method does, derived once from MethodParams (SPEC.md §8 table).
+// What a method does, derived once from MethodParams (docs/spec.md §8 table).
 struct Setup {
   Method method = Method::Rtn;
   bool k_pre_rope = false;
@@ -68,8 +68,8 @@ Setup method_setup(const MethodParams& p) {
   s.kq.group = s.vq.group = p.group;
   s.kq.zero_point = s.vq.zero_point = p.zero_point;
   s.window = p.window >= 0 ? p.window : (p.method == Method::Kivi ? 128 : 0);
-  // Default clip (SPEC.md §8): RotateKV's 0.8 at 2 bits on K and V alike (its code clips both),
-  // 1.0 otherwise; an explicit clip applies to both.
+  // Default clip (docs/spec.md §8): RotateKV's 0.8 at 2 bits on K and V alike (its code clips
+  // both), 1.0 otherwise; an explicit clip applies to both.
   const float default_clip = p.method == Method::RotateKv && p.bits == 2 ? 0.8f : 1.0f;
   s.kq.clip = s.vq.clip = p.clip > 0.0f ? p.clip : default_clip;
   switch (p.method) {
@@ -398,7 +398,7 @@ AppliedLayer apply_method(const LayerTensors& tensors, int64_t layer, int64_t la
     return out;
   }
 
-  // Sinks kept in fp16 in K and V (SPEC.md §4, §8).
+  // Sinks kept in fp16 in K and V (docs/spec.md §4, §8).
   std::vector<int32_t> sinks;
   switch (params.method) {
     case Method::KvQuant: sinks = pfn_sinks(T, params.first_tokens); break;
@@ -520,7 +520,7 @@ bool IncrementalCache::State::decide(const TokenRows& rows) {
         throw Error("incremental cache: rotatekv online pivots need hidden_in (or pass sink)");
       require_finite(rows.hidden_in, "incremental cache hidden_in");
       // Online pivot rule: this token is kept when one of its |h| enters the running top-k of
-      // the layer; earlier elements win ties (lower flat index, SPEC.md §4).
+      // the layer; earlier elements win ties (lower flat index, docs/spec.md §4).
       const auto k = static_cast<size_t>(params.pivot.top_k);
       float a = 0.0f;
       for (float h : rows.hidden_in) {

@@ -1,4 +1,4 @@
-// KV-cache compression methods, SPEC.md §8: each a composition of rotation (§2), quantization
+// KV-cache compression methods, docs/spec.md §8: each a composition of rotation (§2), quantization
 // (§3), sinks (§4) and bit allocation (§6), applied to one layer's recorded K and V (whole-layer
 // apply) or token by token (IncrementalCache, for perplexity, §9).
 #pragma once
@@ -21,20 +21,21 @@ enum class Method : uint8_t { Fp32, Rtn, Kivi, KvQuant, RotateKv, KvSinkKvQuant,
 // a kvq::Error listing the known ones.
 Method parse_method(const std::string& name);
 const char* method_name(Method method);
-// True for the methods that quantize pre-RoPE K (kvquant, kvsink+kvquant, rotatekv, SPEC.md §8).
+// True for the methods that quantize pre-RoPE K (kvquant, kvsink+kvquant, rotatekv, docs/spec.md
+// §8).
 bool method_uses_pre_rope_k(Method method);
 
 struct MethodParams {
   Method method = Method::Rtn;
   int bits = 2;         // b (for akvq-vl: b_lo; b_hi is allocation.bits_hi)
-  int64_t group = 128;  // G, SPEC.md §3
+  int64_t group = 128;  // G, docs/spec.md §3
   int64_t window = -1;  // R most recent tokens in fp16; -1 = method default (§7:
                         // 128 for kivi, 0 otherwise)
   float clip = -1.0f;   // r of K and V; -1 = method default (§8: rotatekv 0.8 at 2 bits, else 1)
-  ZeroPoint zero_point = ZeroPoint::Float;  // SPEC.md §3 default
-  int head_group = 4;                       // rotatekv g, SPEC.md §2
+  ZeroPoint zero_point = ZeroPoint::Float;  // docs/spec.md §3 default
+  int head_group = 4;                       // rotatekv g, docs/spec.md §2
   double outlier_fraction = 0.01;           // kvquant: top 1% magnitude per quantization group, §8
-  int64_t first_tokens = 1;                 // kvquant: PFN N, SPEC.md §4
+  int64_t first_tokens = 1;                 // kvquant: PFN N, docs/spec.md §4
   double calibration_fraction = 0.5;        // rotatekv permutation: first half of the tokens, §2
   bool reorder = true;  // rotatekv: false keeps the channel order (identity permutation): the
                         // "FWHT only" ablation of docs/readme-studies.md
@@ -68,7 +69,7 @@ struct Calibration {
 };
 Calibration calibrate(const std::vector<LayerTensors>& layers, const MethodParams& params);
 
-// Bits of the stored layout of one of K or V (SPEC.md §3 "memory per element"): packed codes
+// Bits of the stored layout of one of K or V (docs/spec.md §3 "memory per element"): packed codes
 // (with each group's byte padding), fp16 scales, fp16 (or uint8 "int") zeros, kept fp16 rows
 // plus an int32 token index each, sparse outliers as fp16 value + int32 flat index, and for
 // akvq-vl a uint8 bit width per token (the allocation map). fp32: 32 bits per element.
@@ -89,13 +90,13 @@ struct AppliedTensor {
 };
 struct AppliedLayer {
   AppliedTensor k, v;
-  DecodeCache cache;  // the same data as a decode cache (SPEC.md §7)
+  DecodeCache cache;  // the same data as a decode cache (docs/spec.md §7)
 };
 // Whole-layer apply (prefill). `layer`/`layers` locate the layer (calibration, AKVQ-VL TSA/PSA).
 AppliedLayer apply_method(const LayerTensors& tensors, int64_t layer, int64_t layers,
                           const Calibration& calibration, const MethodParams& params);
 
-// Per-token cache for perplexity (SPEC.md §9: each new K/V goes through the method before it
+// Per-token cache for perplexity (docs/spec.md §9: each new K/V goes through the method before it
 // enters the cache). Usage per layer: construct once per sequence, append() every token, read
 // keys()/values() for attention. Decisions that need the whole sequence come from `layer_calib`
 // (rotatekv permutation, KVSink l*/C*/median); token-level decisions from TokenRows::sink.

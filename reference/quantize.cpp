@@ -1,6 +1,6 @@
-// Asymmetric uniform quantization with packing, written as SPEC.md §3 states it.
+// Asymmetric uniform quantization with packing, written as docs/spec.md §3 states it.
 //
-// Specification notes (choices where SPEC.md §3 leaves room; README "Specification notes"):
+// Specification notes (choices where docs/spec.md §3 leaves room; README "Specification notes"):
 // - Clip ratio r must be finite and > 0; lo and hi are always multiplied by r (exact when
 //   r == 1.0, so the no-op case needs no branch).
 // - ZeroPoint::Int (RotateKV's integer zero point): s32 = (hi - lo) / (2^b - 1) in fp32 is used
@@ -64,7 +64,7 @@ GroupLayout make_layout(int64_t rows, int64_t cols, const QuantParams& params,
   layout.cols = cols;
   layout.axis = params.axis;
   layout.bits = params.bits;
-  // G is clamped to the length of the grouped axis (SPEC.md §3).
+  // G is clamped to the length of the grouped axis (docs/spec.md §3).
   const int64_t length = params.axis == Axis::Token ? cols : rows;
   const int64_t lines = params.axis == Axis::Token ? rows : cols;
   layout.group = length > 0 ? std::min(params.group, length) : params.group;
@@ -92,7 +92,7 @@ std::string describe_group(const GroupLayout& l, int64_t i) {
          std::to_string(first % l.cols) + ", " + std::to_string(l.group_size(i)) + " elements)";
 }
 
-// Per-group statistics of SPEC.md §3, before any code is computed.
+// Per-group statistics of docs/spec.md §3, before any code is computed.
 struct GroupStats {
   float lo = 0.0f;     // min(x) * r
   float hi = 0.0f;     // max(x) * r
@@ -141,7 +141,7 @@ inline uint32_t get_code(const uint8_t* in, int64_t i, int bits) {
   return v & ((1u << bits) - 1u);
 }
 
-// rne(v) = std::nearbyint under the default rounding mode (round half to even, SPEC.md §0),
+// rne(v) = std::nearbyint under the default rounding mode (round half to even, docs/spec.md §0),
 // then clamp to [0, maxq]; the clamp happens in float so no out-of-range conversion occurs.
 inline uint32_t clamp_code(float v, float maxq) {
   v = std::max(v, 0.0f);
@@ -224,7 +224,7 @@ int64_t GroupLayout::first_element(int64_t i) const {
   check_group_index(i, group_count);
   // Token axis: group gi of row r starts at (r, gi*G). Channel axis: group i covers row block
   // rb = i / cols of column c = i % cols and starts at (rb*G, c); numbering by i is then the
-  // memory order of first elements (SPEC.md §3).
+  // memory order of first elements (docs/spec.md §3).
   if (axis == Axis::Token) return (i / groups_per_line) * cols + (i % groups_per_line) * group;
   return (i / cols) * group * cols + i % cols;
 }
@@ -320,7 +320,7 @@ std::vector<float> dequantize(const Quantized& q) {
     const float s = half_to_float(q.scale[i]);
     if (q.params.zero_point == ZeroPoint::Float) {
       const float z = half_to_float(q.zero[i]);
-      for (int64_t k = 0; k < n; ++k)  // x_hat = fma((float)q, s, z), SPEC.md §3
+      for (int64_t k = 0; k < n; ++k)  // x_hat = fma((float)q, s, z), docs/spec.md §3
         gx[k * stride] = std::fma(static_cast<float>(get_code(in, k, bits)), s, z);
     } else {
       const int zp = q.zero_int[i];

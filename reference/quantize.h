@@ -1,4 +1,4 @@
-// Asymmetric uniform quantization with packing, SPEC.md §3.
+// Asymmetric uniform quantization with packing, docs/spec.md §3.
 #pragma once
 
 #include <cstdint>
@@ -12,7 +12,7 @@ enum class Axis : uint8_t { Token, Channel };
 enum class ZeroPoint : uint8_t { Float, Int };
 
 struct QuantParams {
-  int bits = 2;                        // SPEC.md §3: b in {1, 2, 3, 4, 8}
+  int bits = 2;                        // docs/spec.md §3: b in {1, 2, 3, 4, 8}
   int64_t group = 128;                 // G, clamped to the axis length
   Axis axis = Axis::Token;
   float clip = 1.0f;                   // r; 1.0 is a no-op
@@ -66,7 +66,7 @@ void unpack_codes(std::span<const uint8_t> packed, int bits, std::span<uint8_t> 
 // All codes of a Quantized in element order ([rows, cols]), unpacked.
 std::vector<uint8_t> unpack_all(const Quantized& q);
 
-// Bits per element of the stored form: b + 32 / G (scale + zero), SPEC.md §3.
+// Bits per element of the stored form: b + 32 / G (scale + zero), docs/spec.md §3.
 double quantized_bits_per_element(const QuantParams& params);
 
 bool valid_bits(int bits);

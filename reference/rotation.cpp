@@ -1,4 +1,4 @@
-// Outlier-aware rotation of RotateKV, written as SPEC.md §2 states it: grouped-head FWHT of
+// Outlier-aware rotation of RotateKV, written as docs/spec.md §2 states it: grouped-head FWHT of
 // pre-RoPE keys, then a calibrated channel permutation; per-head FWHT of values.
 #include "reference/rotation.h"
 
@@ -15,7 +15,7 @@ namespace kvq {
 
 namespace {
 
-constexpr int64_t kMaxFwhtSize = 32768;  // SPEC.md §1
+constexpr int64_t kMaxFwhtSize = 32768;  // docs/spec.md §1
 
 bool is_fwht_size(int64_t n) {
   return n >= 2 && n <= kMaxFwhtSize && (n & (n - 1)) == 0;
@@ -45,7 +45,7 @@ std::vector<float> permute_rows(std::span<const float> x, int64_t rows,
 }
 
 // Grouped-head FWHT: the g consecutive heads of one token are g*d contiguous values (row-major
-// [T, H, d]), so one fwht(., g*d) over the whole tensor transforms every group (SPEC.md §2).
+// [T, H, d]), so one fwht(., g*d) over the whole tensor transforms every group (docs/spec.md §2).
 void fwht_groups(std::span<float> x, const KvShape& shape, int head_group) {
   check_rotation_shape(shape, head_group);
   fwht(x, static_cast<int>(static_cast<int64_t>(head_group) * shape.head_dim));
@@ -140,7 +140,8 @@ std::vector<int32_t> calibrate_permutation(std::span<const float> rotated, int64
                 std::to_string(calib_tokens) + " tokens, " + std::to_string(channels) +
                 " channels] needs " + std::to_string(n));
   require_finite(rotated, what + " input");
-  // sum_c = signed sum over calibration tokens, in token order, fp64 accumulation (SPEC.md §2).
+  // sum_c = signed sum over calibration tokens, in token order, fp64 accumulation (docs/spec.md
+  // §2).
   std::vector<double> sum(static_cast<size_t>(channels), 0.0);
   for (int64_t t = 0; t < calib_tokens; ++t) {
     const float* row = rotated.data() + t * channels;

@@ -1,4 +1,4 @@
-// Outlier-aware rotation of RotateKV, SPEC.md §2: grouped-head FWHT of pre-RoPE keys, channel
+// Outlier-aware rotation of RotateKV, docs/spec.md §2: grouped-head FWHT of pre-RoPE keys, channel
 // reordering calibrated on signed channel sums, per-head FWHT of values.
 #pragma once
 
@@ -18,7 +18,7 @@ struct KvShape {
 };
 
 struct RotationParams {
-  int head_group = 4;          // SPEC.md §2: g consecutive heads share one fwht(g*d)
+  int head_group = 4;          // docs/spec.md §2: g consecutive heads share one fwht(g*d)
   std::vector<int32_t> perm;   // reorder after rotation: stored[j] = rotated[perm[j]]; empty = none
 };
 
@@ -40,7 +40,7 @@ void check_kv_size(size_t size, const KvShape& shape, const std::string& what);
 // reorder / unreorder input: rows >= 0, size == rows * perm.size(), perm a permutation;
 void check_reorder_input(size_t size, int64_t rows, std::span<const int32_t> perm,
                          const std::string& what);
-// rotate_v: head_dim must be a power of two in [2, 32768] (SPEC.md §1), worded as "rotate_v".
+// rotate_v: head_dim must be a power of two in [2, 32768] (docs/spec.md §1), worded as "rotate_v".
 void check_value_rotation(const KvShape& shape);
 // rotate_k: the rotation shape rule, the input size, finite values and the permutation, in this
 // order (every backend's rotate_k).

@@ -1,4 +1,4 @@
-// Massive activations and attention sinks, written as SPEC.md §4 states them. Every decision
+// Massive activations and attention sinks, written as docs/spec.md §4 states them. Every decision
 // here is integer-valued (max, comparisons), so any backend reproduces it exactly; the ground
 // truth scores are fp64 and only ever thresholded.
 #include "reference/sinks.h"
@@ -28,7 +28,7 @@ void check_massive_params(const MassiveParams& p, const std::string& what) {
     throw Error(what + ": tau_abs and tau_rel must be finite and >= 0");
 }
 
-// a_t >= tau_abs and a_t >= tau_rel * median (fp32 product, SPEC.md §0).
+// a_t >= tau_abs and a_t >= tau_rel * median (fp32 product, docs/spec.md §0).
 bool is_massive(float a, float median, const MassiveParams& p) {
   return a >= p.tau_abs && a >= p.tau_rel * median;
 }
@@ -93,7 +93,7 @@ size_t score_count(int64_t tokens, const SinkScoreParams& p) {
   return tokens >= p.tail ? static_cast<size_t>(tokens - p.tail + 1) : 0;
 }
 
-// median_t |h[t, c]| of every channel c (SPEC.md §4's median: element floor(T/2) ascending).
+// median_t |h[t, c]| of every channel c (docs/spec.md §4's median: element floor(T/2) ascending).
 std::vector<float> channel_medians(std::span<const float> hidden, int64_t tokens,
                                    int64_t hidden_size) {
   std::vector<float> out(static_cast<size_t>(hidden_size));

@@ -1,4 +1,4 @@
-// Massive activations and attention sinks, SPEC.md §4.
+// Massive activations and attention sinks, docs/spec.md §4.
 #pragma once
 
 #include <cstdint>
@@ -19,10 +19,10 @@ TokenAbsmax token_absmax(std::span<const float> hidden, int64_t tokens, int64_t 
 // values; throws kvq::Error naming `what` (the finiteness check is each backend's own pass).
 void check_hidden_shape(size_t size, int64_t tokens, int64_t hidden_size, const std::string& what);
 
-// SPEC.md §4 median: the T values sorted ascending, element floor(T/2). Empty -> kvq::Error.
+// docs/spec.md §4 median: the T values sorted ascending, element floor(T/2). Empty -> kvq::Error.
 float median_floor(std::span<const float> values);
 
-// SPEC.md §4 massive-activation criterion. Token rule (the default): a_t >= tau_abs and
+// docs/spec.md §4 massive-activation criterion. Token rule (the default): a_t >= tau_abs and
 // a_t >= tau_rel * median_t(a_t). Channel rule (kvq's option, as the Massive Activations paper
 // measures): some channel c has |h[t,c]| >= tau_abs and |h[t,c]| >= tau_rel * median_t |h[t,c]|,
 // the median of that channel over the tokens. A model whose massive token is large only on a few
@@ -30,8 +30,8 @@ float median_floor(std::span<const float> values);
 // 125-233x its channel's median) is found by the channel rule and missed by the token rule.
 enum class MassiveRule : uint8_t { Token, Channel };
 struct MassiveParams {
-  float tau_abs = 100.0f;  // SPEC.md §4 default
-  float tau_rel = 100.0f;  // SPEC.md §4 default
+  float tau_abs = 100.0f;  // docs/spec.md §4 default
+  float tau_rel = 100.0f;  // docs/spec.md §4 default
   MassiveRule rule = MassiveRule::Token;
 };
 // "token" / "channel"; anything else is a kvq::Error naming both.
@@ -47,21 +47,21 @@ struct MassiveToken {
 std::vector<MassiveToken> massive_tokens(std::span<const float> hidden, int64_t tokens,
                                          int64_t hidden_size, const MassiveParams& params = {});
 
-// PFN (Preserve-First-N): tokens 0 .. min(N, tokens)-1. SPEC.md §4 default N = 1.
+// PFN (Preserve-First-N): tokens 0 .. min(N, tokens)-1. docs/spec.md §4 default N = 1.
 std::vector<int32_t> pfn_sinks(int64_t tokens, int64_t n = 1);
 
 // Pivot tokens (RotateKV): top-k elements of |hidden| over all (token, channel) pairs, ties by
 // lower flat index; their token indices, duplicates collapsed, returned ascending.
 struct PivotParams {
-  int64_t top_k = 20;                   // SPEC.md §4 default k
-  bool pivot_requires_massive = false;  // SPEC.md §4: keep only pivots that are also massive
+  int64_t top_k = 20;                   // docs/spec.md §4 default k
+  bool pivot_requires_massive = false;  // docs/spec.md §4: keep only pivots that are also massive
   MassiveParams massive;
 };
 std::vector<int32_t> pivot_tokens(std::span<const float> hidden, int64_t tokens,
                                   int64_t hidden_size, const PivotParams& params = {});
 
 // Massive-activation sinks: the massive tokens at the detection layer. `layers` holds each
-// layer's hidden_in [tokens, hidden]; detection_layer < 0 means SPEC.md's default, the first
+// layer's hidden_in [tokens, hidden]; detection_layer < 0 means docs/spec.md's default, the first
 // layer with any massive token. layer = -1 and no tokens when no layer has one.
 struct LayerSinks {
   int64_t layer = -1;
@@ -71,15 +71,15 @@ LayerSinks massive_activation_sinks(const std::vector<std::span<const float>>& l
                                     int64_t tokens, int64_t hidden_size,
                                     const MassiveParams& params = {}, int64_t detection_layer = -1);
 
-// KVSink (SPEC.md §4, note K1 open). Calibration: l* = first layer with a massive token; C* =
+// KVSink (docs/spec.md §4, note K1 open). Calibration: l* = first layer with a massive token; C* =
 // the channels (at most max_channels) where a massive token's |h[t, c]| itself meets the
 // massive criterion (>= tau_abs and >= tau_rel * median_t(a_t)) at l*, ranked by their largest
 // such |h| descending (ties: lower channel), so the argmax channel of the strongest massive
 // token comes first. `median` is median_t(max_{c in C*} |h_{l*}[t, c]|) on the calibration
 // tokens: the reference used by the per-token (incremental) predictor.
 struct KvSinkParams {
-  float tau_k = 50.0f;    // SPEC.md §4 default
-  int max_channels = 8;   // SPEC.md §4: |C*| <= 8
+  float tau_k = 50.0f;    // docs/spec.md §4 default
+  int max_channels = 8;   // docs/spec.md §4: |C*| <= 8
   MassiveParams massive;  // finds l* and C*
 };
 struct KvSinkCalibration {
@@ -101,14 +101,14 @@ std::vector<int32_t> predict_kvsink(std::span<const float> hidden, int64_t token
 bool predict_kvsink_token(std::span<const float> row, const KvSinkCalibration& calibration,
                           const KvSinkParams& params = {});
 
-// Ground truth (SPEC.md §4): attention recomputed in fp64 from recorded q [T, Hq, d] and k
+// Ground truth (docs/spec.md §4): attention recomputed in fp64 from recorded q [T, Hq, d] and k
 // [T, Hkv, d] (post-RoPE) of every layer; score_j for j <= T - tail is the mean over layers
 // l >= first_layer, all query heads and queries i >= j + min_distance of A[i, j] * (i + 1).
 struct SinkScoreParams {
   int64_t tail = 64;          // j <= T - 64
   int64_t min_distance = 16;  // queries i >= j + 16
   int64_t first_layer = 2;    // layers l >= 2
-  double tau_mass = 5.0;      // SPEC.md §4 default
+  double tau_mass = 5.0;      // docs/spec.md §4 default
 };
 struct SinkScores {
   std::vector<double> score;   // [max(0, T - tail + 1)]

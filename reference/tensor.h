@@ -1,5 +1,5 @@
 // Plain tensor types shared by every component: a non-owning view (pointer, shape, dtype;
-// contiguous row-major) and an owning tensor. Ops widen inputs to fp32 exactly (SPEC.md §0).
+// contiguous row-major) and an owning tensor. Ops widen inputs to fp32 exactly (docs/spec.md §0).
 #pragma once
 
 #include <cstddef>
@@ -48,7 +48,7 @@ struct Tensor {
 // Exact widening of an F32/F16/BF16 view to fp32; other dtypes are an error naming `what`.
 std::vector<float> widen_f32(const TensorView& view, const std::string& what);
 
-// SPEC.md §0: a non-finite input is an error naming the tensor and the first bad index.
+// docs/spec.md §0: a non-finite input is an error naming the tensor and the first bad index.
 void require_finite(std::span<const float> values, const std::string& what);
 
 }  // namespace kvq

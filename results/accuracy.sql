@@ -1,5 +1,5 @@
 -- Method x bits -> KV NMSE, attention error (max-norm and L2), score KL, bits/element, perplexity
--- (SPEC.md §8).
+-- (docs/spec.md §8).
 -- One row per input, method and bits, from the cases of op "method". Reads the run given with
 -- --run (bound to :run), else the newest run with method cases. `input` is the case name without
 -- its method and bits parts (the recording and any other swept keys), so cases that differ only

@@ -1,5 +1,5 @@
 -- Super Experts: layer, expert, max_abs and the token and channel of that maximum.
--- One row per input and Super Expert, ranked (SPEC.md §5), from either layout: `kvq experts
+-- One row per input and Super Expert, ranked (docs/spec.md §5), from either layout: `kvq experts
 -- --db` (op "super_experts", one case per Super Expert; input = the recording) or scenario op
 -- "experts" (one case per recording, the list under params.result.super_experts; input = the
 -- case name, as the recording may be a cache file). Reads the run given with --run (bound

@@ -1,5 +1,5 @@
 -- KV-cache bytes per token and largest batch per method and context, fp16 vs the method.
--- Op "memory" (SPEC.md §3/§8): bytes counted from the stored layouts, the batch within the
+-- Op "memory" (docs/spec.md §3/§8): bytes counted from the stored layouts, the batch within the
 -- scenario's budget. One row per case of the run given with --run (bound to :run), else the newest run
 -- with memory cases; the paper's claimed ratios beside ours where the method has one.
 WITH chosen AS (

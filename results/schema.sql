@@ -1,4 +1,4 @@
--- kvq results store (DESIGN.md "Results"). Applied once to a new database by harness/store/store.cpp,
+-- kvq results store (docs/design.md "Results"). Applied once to a new database by harness/store/store.cpp,
 -- which then sets PRAGMA user_version = kSchemaVersion (harness/store/store.h). Change this file only
 -- together with kSchemaVersion.
 

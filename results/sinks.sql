@@ -1,5 +1,5 @@
 -- Sink predictors vs the attention-mass ground truth: precision, recall, missed/extra tokens.
--- One row per input and predictor (SPEC.md §4), from either layout: `kvq sinks --db` (one case
+-- One row per input and predictor (docs/spec.md §4), from either layout: `kvq sinks --db` (one case
 -- per predictor, its tokens in params; input = the recording) or scenario op "sinks" (one case
 -- per recording, each predictor under params.result.predictors, measurements NAME.precision,
 -- NAME.recall, ...; input = the case name, as the recording may be a cache file). Reads

@@ -1,8 +1,8 @@
 -- AKVQ-VL allocations vs uniform: attention-output relative error, at equal and at more bits.
--- Op "vlm" (SPEC.md §6).
+-- Op "vlm" (docs/spec.md §6).
 -- One row per case of the run given with --run (bound to :run), else the newest run with vlm
 -- cases: the case name, image tokens, text_attention (the planted text-salient logit, empty for
--- a recording), bits; the budgeted AKVQ-VL and uniform errors at equal code bits; SPEC.md §6's
+-- a recording), bits; the budgeted AKVQ-VL and uniform errors at equal code bits; docs/spec.md §6's
 -- allocation with its average code bits against uniform at the narrowest width spending as
 -- much (uniform_above_bits); bits per element with scales, zeros and the bit-width map.
 WITH chosen AS (

@@ -1,4 +1,4 @@
-// AKVQ-VL TSA/PSA bit allocation (SPEC.md §6, default text; note A1 open).
+// AKVQ-VL TSA/PSA bit allocation (docs/spec.md §6, default text; note A1 open).
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <vector>

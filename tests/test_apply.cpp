@@ -35,7 +35,7 @@ struct TempDir {
   std::string file(const std::string& name) const { return (path / name).string(); }
 };
 
-// Writes a recording with every tensor of DESIGN.md's schema except `skip`.
+// Writes a recording with every tensor of docs/design.md's schema except `skip`.
 void write_recording(const std::string& path, const std::string& skip = "") {
   std::vector<Tensor> store;
   store.reserve(64);
@@ -145,7 +145,7 @@ TEST_CASE("apply: kivi and rotatekv write kept tokens, permutations and reconstr
   CHECK(r.view("layers.1.k.perm").shape == Shape{H * D});
   CHECK(r.metadata().at("permutation").find("tokens 0..9") != std::string::npos);
   CHECK(r.metadata().at("k_pre_rope") == "true");
-  CHECK(r.metadata().at("clip") == "k=0.8,v=0.8");  // SPEC.md §8: 2 bits clip K and V alike
+  CHECK(r.metadata().at("clip") == "k=0.8,v=0.8");  // docs/spec.md §8: 2 bits clip K and V alike
 }
 
 TEST_CASE("apply: missing tensors, bad methods and other backends are errors") {
@@ -185,7 +185,7 @@ TEST_CASE("apply: every method runs on the tiny-moe recording") {
     INFO(name << ": K " << a.k_bits_per_element << " V " << a.v_bits_per_element);
     CHECK(a.k_bits_per_element > 2.0);
     CHECK(std::isfinite(a.k_bits_per_element));
-    // At SPEC.md's thresholds (tau_abs = 100) this small model has no massive activations
+    // At docs/spec.md's thresholds (tau_abs = 100) this small model has no massive activations
     // (its largest |h| is about 4): KVSink keeps nothing and K is plain 2-bit kvquant.
     if (p.method == Method::KvSinkKvQuant) CHECK(a.calibration.kvsink.layer == -1);
     WARN(name << ": K " << a.k_bits_per_element << " bits/el, V " << a.v_bits_per_element);

@@ -1,4 +1,4 @@
-// Decode attention over a quantized cache (SPEC.md §7) against its fp64 oracle and against
+// Decode attention over a quantized cache (docs/spec.md §7) against its fp64 oracle and against
 // hand-computed RoPE and softmax values.
 #include <catch2/catch.hpp>
 #include <cmath>

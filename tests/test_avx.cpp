@@ -1,5 +1,5 @@
 // The AVX-512 and AVX2 backends against the reference backend, bit for bit, for every exact op
-// (SPEC.md §1-§5), on each ISA level this CPU has; levels it lacks are reported, not faked.
+// (docs/spec.md §1-§5), on each ISA level this CPU has; levels it lacks are reported, not faked.
 #include <omp.h>
 
 #include <algorithm>
@@ -541,7 +541,7 @@ TEST_CASE("avx: rotate_quantize reports non-finite values inside a token block a
     }
 }
 
-// ---- decode attention (SPEC.md §7: tolerance against the fp64 oracle) ----------------------
+// ---- decode attention (docs/spec.md §7: tolerance against the fp64 oracle) ----------------------
 
 // How a test cache stores K and V (reference/attention.h DecodeCache).
 struct CacheLayout {
@@ -588,7 +588,7 @@ void add_quantized_part(DecodeCache& c, const std::vector<float>& ks, const std:
 
 // K and V of `tokens` tokens as a method would store them. With kept rows, the quantized
 // tokens go into two parts (the even ones at `bits`, the odd ones at 8 bits, as AKVQ-VL's
-// two widths), so sinks are outside every quantization group (SPEC.md §4).
+// two widths), so sinks are outside every quantization group (docs/spec.md §4).
 DecodeCache make_cache(const KvShape& shape, const CacheLayout& l, uint32_t seed) {
   const int64_t tokens = shape.tokens, channels = shape.channels();
   // Scaled so scores spread over a few units: the massive token draws attention, not all of it.
@@ -648,7 +648,7 @@ std::vector<float> make_query(int64_t q_heads, int64_t d, uint32_t seed) {
   return q;
 }
 
-// "" when got is within SPEC.md §7's fp32 tolerance (1e-3 of max |o|) of the fp64 oracle.
+// "" when got is within docs/spec.md §7's fp32 tolerance (1e-3 of max |o|) of the fp64 oracle.
 std::string tolerance_diff(std::span<const double> oracle, std::span<const float> got,
                            const std::string& what) {
   const Comparison c = compare_tolerance(oracle, got, 1e-3);
@@ -689,7 +689,7 @@ std::vector<CacheLayout> cache_layouts() {
   return out;
 }
 
-TEST_CASE("avx: attention_decode is within SPEC.md §7 tolerance of the fp64 oracle") {
+TEST_CASE("avx: attention_decode is within docs/spec.md §7 tolerance of the fp64 oracle") {
   for (const Isa& isa : isas()) REQUIRE(isa.backend->supports(Op::AttentionDecode));
   for (int64_t d : {64, 128})
     for (int64_t tokens : {1, 7, 4099}) {

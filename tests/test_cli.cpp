@@ -87,7 +87,7 @@ group = 8
 )";
 const std::string kPassing = "[scenario]\nbackends = [\"ref\"]\n\n" + kPassingCases;
 
-// SPEC.md §7's attention is within 1e-3 of the fp64 oracle, never bit-equal to it everywhere:
+// docs/spec.md §7's attention is within 1e-3 of the fp64 oracle, never bit-equal to it everywhere:
 // a zero tolerance must make the gate fail.
 const char* kFailing = R"([[case]]
 op = "attention_decode"

@@ -1,7 +1,7 @@
-// The CUDA backend against the reference backend: every exact op bit for bit (SPEC.md §1-§5)
+// The CUDA backend against the reference backend: every exact op bit for bit (docs/spec.md §1-§5)
 // over head_dim 64/128/256, tokens 1/7/128/4099, bits {1, 2, 3, 4, 8}, both axes, both zero
 // points, F16/BF16/F32 input; attention_decode (both of its paths) within 1e-3 of the fp64
-// oracle (SPEC.md §7). Without a CUDA device the binary prints "SKIP: no CUDA device" and
+// oracle (docs/spec.md §7). Without a CUDA device the binary prints "SKIP: no CUDA device" and
 // exits 77, which meson counts as skipped.
 #include <algorithm>
 #include <catch2/catch.hpp>

@@ -1,4 +1,4 @@
-// The results store under a killed run and under concurrent writers (DESIGN.md "Results": one
+// The results store under a killed run and under concurrent writers (docs/design.md "Results": one
 // transaction per case; STYLE.md: SQLite's own kill tests). Runs the real `kvq run` in child
 // processes ($KVQ_BIN), under a load the test makes itself for the concurrent case, and reads
 // the database afterwards with plain SQLite.

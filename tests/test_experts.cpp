@@ -1,4 +1,4 @@
-// Super Experts (SPEC.md §5): statistics on planted routing tables, numpy's percentile on
+// Super Experts (docs/spec.md §5): statistics on planted routing tables, numpy's percentile on
 // values worked by hand, and the selection rule on worked examples.
 #include <catch2/catch.hpp>
 #include <cmath>

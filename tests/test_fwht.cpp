@@ -1,4 +1,4 @@
-// reference/fwht against the dense Sylvester Hadamard matrix in fp64 (SPEC.md §1 oracle), its
+// reference/fwht against the dense Sylvester Hadamard matrix in fp64 (docs/spec.md §1 oracle), its
 // algebraic properties, a hand-worked example with exact bits and the size checks.
 #include <omp.h>
 

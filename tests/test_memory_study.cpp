@@ -1,5 +1,5 @@
 // The memory study (harness/memory_study): bytes per token against layouts counted by hand
-// (SPEC.md §3: packed codes + fp16 scale + fp16 zero per group), the largest batch by hand
+// (docs/spec.md §3: packed codes + fp16 scale + fp16 zero per group), the largest batch by hand
 // arithmetic, and one `kvq run` of the op.
 #include <catch2/catch.hpp>
 #include <cmath>

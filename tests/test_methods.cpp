@@ -1,4 +1,4 @@
-// KV-cache methods (SPEC.md §8): bits per element against hand counts of the stored layout,
+// KV-cache methods (docs/spec.md §8): bits per element against hand counts of the stored layout,
 // finite and accurate reconstructions, and the incremental cache against whole-layer apply.
 #include <algorithm>
 #include <catch2/catch.hpp>
@@ -296,8 +296,8 @@ TEST_CASE("methods: rotatekv reorder = false keeps the channel order, reorder = 
 
 TEST_CASE("methods: rotatekv clips a 2-bit V group at 0.8 (hand-worked)") {
   // One token, one head of d = 4, G = 4, no pivot kept: V = [4, -1, -3, 0]. Per-head FWHT
-  // (SPEC.md §1, n = 4, scale 1/2): [(4-1-3+0), (4+1-3-0), (4-1+3-0), (4+1+3+0)] / 2
-  // = [0, 1, 3, 4]. SPEC.md §3 with r = 0.8 (§8: rotatekv at 2 bits, V as K):
+  // (docs/spec.md §1, n = 4, scale 1/2): [(4-1-3+0), (4+1-3-0), (4-1+3-0), (4+1+3+0)] / 2
+  // = [0, 1, 3, 4]. docs/spec.md §3 with r = 0.8 (§8: rotatekv at 2 bits, V as K):
   //   lo = 0 * 0.8 = 0, hi = 4 * 0.8f = 3.2000000477
   //   scale16 = fp16(3.2000000477 / 3 = 1.0666666826) = 1 + 68/1024 = 1.06640625 (0x3C44)
   //   codes = rne([0, 1, 3, 4] / 1.06640625) = rne([0, 0.938, 2.813, 3.751]) -> [0, 1, 3, 3]
@@ -336,7 +336,7 @@ TEST_CASE("methods: rotatekv clips a 2-bit V group at 0.8 (hand-worked)") {
 }
 
 TEST_CASE("methods: rotatekv 2-bit V codes equal a separate recomputation with clip 0.8") {
-  // The method's V codes against this test's own SPEC.md §3 quantizer (per token, G = 128 over
+  // The method's V codes against this test's own docs/spec.md §3 quantizer (per token, G = 128 over
   // the per-head FWHT of V, lo and hi scaled by 0.8f), written apart from reference/quantize.cpp.
   const Layer layer(256);
   const MethodParams p = params_for(Method::RotateKv, 2);

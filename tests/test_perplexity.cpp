@@ -1,4 +1,4 @@
-// kvq ppl (SPEC.md §9): chunking, the reference first-chunk number of data/SOURCES.md,
+// kvq ppl (docs/spec.md §9): chunking, the reference first-chunk number of data/SOURCES.md,
 // agreement with an NLL computed here from the whole-sequence forward, thread-count
 // independence, and the methods' caches: 8-bit RTN near fp32, every method finite at 2 and 4 bits.
 #include <omp.h>

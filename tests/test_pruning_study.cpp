@@ -1,5 +1,5 @@
 // The Super Expert pruning study (harness/pruning_study) on the synthetic MoE: the massive
-// activations are recomputed here from the tensors in fp64 (SPEC.md §4 criterion with its own
+// activations are recomputed here from the tensors in fp64 (docs/spec.md §4 criterion with its own
 // median), independently of reference/sinks.
 #include <algorithm>
 #include <catch2/catch.hpp>
@@ -61,7 +61,7 @@ TEST_CASE("synth: pruning the first Super Expert removes the massive activations
   const kvq::SynthRecording after = kvq::synthesize(pruned);
   // Before: the two planted massive tokens at every layer from 1 on.
   for (int64_t l = 1; l < p.layers; ++l) REQUIRE(massive_fp64(before, p, l).first == 2);
-  // After: layer 1 has none, its max ratio is far below SPEC.md's tau_rel = 100.
+  // After: layer 1 has none, its max ratio is far below docs/spec.md's tau_rel = 100.
   const auto [n1, ratio1] = massive_fp64(after, p, 1);
   CHECK(n1 == 0);
   CHECK(ratio1 < 100.0);

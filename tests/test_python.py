@@ -51,7 +51,7 @@ def same_bits(a, b):
 
 
 def hadamard(n):
-    """Normalized Sylvester Hadamard matrix in fp64 (SPEC.md §1's natural order)."""
+    """Normalized Sylvester Hadamard matrix in fp64 (docs/spec.md §1's natural order)."""
     h = np.array([[1.0]])
     while h.shape[0] < n:
         h = np.block([[h, h], [h, -h]])

@@ -1,4 +1,4 @@
-// reference/quantize (SPEC.md §3): hand-worked groups with exact bits for every b, packing bit
+// reference/quantize (docs/spec.md §3): hand-worked groups with exact bits for every b, packing bit
 // positions, group layout on both axes with tails, a per-group oracle, the round-trip bound and
 // the input errors. Hand-worked values were derived by hand with fp32/fp16 rounding written out
 // (Python struct 'f'/'e' as the calculator).
@@ -277,7 +277,7 @@ TEST_CASE("quantize: channel-axis layout with a tail numbers groups in memory or
 namespace {
 
 // Independent per-group oracle: walks the group's (row, col) cells directly and applies
-// SPEC.md §3 one element at a time; returns codes [rows*cols], scale, zero, x_hat.
+// docs/spec.md §3 one element at a time; returns codes [rows*cols], scale, zero, x_hat.
 struct Oracle {
   std::vector<uint8_t> codes;
   std::vector<uint16_t> scale, zero;

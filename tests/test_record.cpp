@@ -1,6 +1,6 @@
-// kvq record: a stories260K recording read back with SafetensorsFile has the DESIGN.md names,
-// shapes and metadata, its k equals RoPE(k_pre_rope) recomputed here from SPEC.md §7's formula,
-// and its layer-0 hidden_in rows are the checkpoint's embedding rows.
+// kvq record: a stories260K recording read back with SafetensorsFile has the docs/design.md names,
+// shapes and metadata, its k equals RoPE(k_pre_rope) recomputed here from docs/spec.md §7's
+// formula, and its layer-0 hidden_in rows are the checkpoint's embedding rows.
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <cstring>
@@ -25,7 +25,7 @@ std::string data(const char* name) {
   return kvq::testing::data_file(name).string();
 }
 
-// SPEC.md §7 RoPE: angle = pos * theta^(-2i/d) in fp64, cos/sin rounded to fp32, then
+// docs/spec.md §7 RoPE: angle = pos * theta^(-2i/d) in fp64, cos/sin rounded to fp32, then
 // (a, b) -> (a*c - b*s, a*s + b*c) with each product rounded (no FMA).
 std::vector<float> rope_here(const float* x, int heads, int d, int64_t pos) {
   std::vector<float> y(x, x + heads * d);

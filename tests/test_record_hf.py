@@ -9,7 +9,7 @@ added by its post-processor) so the recorder runs its normal AutoTokenizer path.
     layer 0's equals the embedding of the tokens;
   - k_pre_rope, v and the pre-RoPE q equal k_proj / v_proj / q_proj (Qwen3: then its k_norm /
     q_norm) called here on the layer's normed hidden_in, with kvq's pair order;
-  - k and q equal an fp64 RoPE (SPEC.md §7 pairs 2j, 2j+1, angle t * theta^(-2j/d)) of them;
+  - k and q equal an fp64 RoPE (docs/spec.md §7 pairs 2j, 2j+1, angle t * theta^(-2j/d)) of them;
   - MoE: experts.ids equal the top-k of the router called here on the block's input, and
     down_absmax / down_argmax equal the selected expert called here on that one token;
   - errors exit 2 naming the file/option; no temporary file is left;
@@ -142,7 +142,7 @@ def to_kvq_pairs(x):
 
 
 def rope_fp64(x, theta):
-    """SPEC.md §7 RoPE on pairs (2j, 2j+1) of [T, H, d] at positions 0..T-1, in fp64."""
+    """docs/spec.md §7 RoPE on pairs (2j, 2j+1) of [T, H, d] at positions 0..T-1, in fp64."""
     x = x.to(torch.float64)
     t_count, _, d = x.shape
     j = torch.arange(d // 2, dtype=torch.float64)
@@ -350,7 +350,7 @@ def check_cli(work, recordings):
 
 
 def check_apply(kvq, kind, path, work):
-    """kvq apply kvquant (pre-RoPE keys, kvq's RoPE applied after dequantization, SPEC.md §8)
+    """kvq apply kvquant (pre-RoPE keys, kvq's RoPE applied after dequantization, docs/spec.md §8)
     at 8 bits must rebuild the model's post-RoPE k: it does only if k_pre_rope is stored in
     kvq's pair order (with --layout model the error is ~100%)."""
     out = os.path.join(work, f"{kind}-kvquant8.safetensors")

@@ -1,4 +1,4 @@
-// reference/rotation (SPEC.md §2): the calibration rule on hand-built statistics, the
+// reference/rotation (docs/spec.md §2): the calibration rule on hand-built statistics, the
 // grouped-head layout on hand-worked 2-head examples, the round trip and the shape errors.
 #include <algorithm>
 #include <catch2/catch.hpp>
@@ -95,7 +95,7 @@ TEST_CASE("rotation: inverse_rotate_k(rotate_k(x)) gives x back up to rounding")
   kvq::RotationParams params;
   params.head_group = 4;
   const std::vector<float> rotated = kvq::rotate_k(x, shape, params);
-  // Calibrated on the first half of the tokens, as the scenario default (SPEC.md §2).
+  // Calibrated on the first half of the tokens, as the scenario default (docs/spec.md §2).
   const auto calib = std::span<const float>(rotated).first(18 * shape.channels());
   params.perm = kvq::calibrate_permutation(calib, 18, shape.channels());
   const std::vector<float> y = kvq::rotate_k(x, shape, params);

@@ -164,7 +164,7 @@ tokens = 96
                "BY id)") ==
         "fwht/n4 fwht/n16 quantize attention_decode method/b2 method/b4 baseline");
   CHECK(scalar(options.db, "SELECT count(*) FROM checks WHERE status = 'pass'") == "4");
-  // attention_decode is gated against the fp64 oracle (SPEC.md §7), the rest against ref.
+  // attention_decode is gated against the fp64 oracle (docs/spec.md §7), the rest against ref.
   CHECK(scalar(options.db,
                "SELECT k.reference FROM checks k JOIN cases c ON c.id = k.case_id "
                "WHERE c.name = 'attention_decode'") == "fp64 oracle");
@@ -389,7 +389,7 @@ backends = ["ref"]
   options.db = (dir / "kvq.db").string();
   const kvq::RunSummary summary = kvq::run_scenario(s, options);
   // fp32 accumulation differs from fp64 in the last bits of some output, so tolerance 0 fails
-  // and SPEC.md §7's 1e-3 passes.
+  // and docs/spec.md §7's 1e-3 passes.
   CHECK(summary.failed == 1);
   CHECK(summary.passed == 1);
   REQUIRE(summary.failures.size() == 1);

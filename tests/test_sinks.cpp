@@ -1,4 +1,4 @@
-// Massive activations and sinks (SPEC.md §4): hand-worked cases and planted residual streams
+// Massive activations and sinks (docs/spec.md §4): hand-worked cases and planted residual streams
 // whose answer is known by construction.
 #include <algorithm>
 #include <catch2/catch.hpp>
@@ -241,7 +241,7 @@ TEST_CASE("sinks: tiny-moe recording: BOS tokens are the massive ones, ground tr
     h.push_back(f.read_f32(b + "hidden_in"));
   }
   REQUIRE(q.size() == 8);
-  // At SPEC.md's thresholds nothing is massive in this small model; with tau_abs = 2 and
+  // At docs/spec.md's thresholds nothing is massive in this small model; with tau_abs = 2 and
   // tau_rel = 4 the two leading BOS tokens are, from layer 1 on.
   CHECK(massive_tokens(h[1], 256, 256).empty());
   MassiveParams low{2.0f, 4.0f};

@@ -100,7 +100,7 @@ TEST_CASE("experts study: Super Experts of a synthetic recording are exactly the
   const auto c = kvq::compare_sets(planted, got);
   CHECK(c.recall == 1.0);
   CHECK(c.precision == 1.0);
-  // The plant lists them by m descending, as SPEC.md §5 orders its output.
+  // The plant lists them by m descending, as docs/spec.md §5 orders its output.
   CHECK(got == planted);
   require_sorted_by_max_abs(s.super_experts);
   // P99.5 and floor(max / 10) separate the planted peaks from every other expert.

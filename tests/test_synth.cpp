@@ -1,4 +1,4 @@
-// The synthetic generator's planted ground truth is checked with the SPEC.md rules recomputed
+// The synthetic generator's planted ground truth is checked with the docs/spec.md rules recomputed
 // here from the tensors (fp64), independently of reference/sinks and reference/experts.
 #include <unistd.h>
 
@@ -58,7 +58,7 @@ double percentile_linear(std::vector<double> v, double q) {
   return v[lo] + (pos - static_cast<double>(lo)) * (v[hi] - v[lo]);
 }
 
-// SPEC.md §4 massive tokens of one layer: a_t >= 100 and a_t >= 100 * sorted(a)[T / 2].
+// docs/spec.md §4 massive tokens of one layer: a_t >= 100 and a_t >= 100 * sorted(a)[T / 2].
 std::vector<int64_t> massive_tokens(const std::vector<float>& h, int64_t T, int64_t D) {
   std::vector<double> a(static_cast<size_t>(T));
   for (int64_t t = 0; t < T; ++t)
@@ -75,7 +75,7 @@ std::vector<int64_t> massive_tokens(const std::vector<float>& h, int64_t T, int6
   return out;
 }
 
-// SPEC.md §4 ground truth: score_j = mean over layers l >= 2, heads, queries i >= j + 16 of
+// docs/spec.md §4 ground truth: score_j = mean over layers l >= 2, heads, queries i >= j + 16 of
 // A[i, j] (i + 1), A the causal softmax(q k^T / sqrt(d)) in fp64, for j <= T - 64.
 std::vector<double> sink_scores(const kvq::SafetensorsFile& f) {
   const int64_t L = meta_int(f, "num_hidden_layers"), T = meta_int(f, "num_tokens");
@@ -114,7 +114,7 @@ std::vector<double> sink_scores(const kvq::SafetensorsFile& f) {
   return sum;
 }
 
-// SPEC.md §5 with the considered layers l < `considered`: (layer, expert) pairs selected.
+// docs/spec.md §5 with the considered layers l < `considered`: (layer, expert) pairs selected.
 std::set<std::pair<int64_t, int64_t>> super_experts(const kvq::SafetensorsFile& f,
                                                     int64_t considered) {
   const int64_t E = meta_int(f, "num_experts");
@@ -152,8 +152,8 @@ void check_ground_truth(const std::string& path) {
   CHECK(std::find(massive.begin(), massive.end(), 0) != massive.end());
   CHECK(std::any_of(massive.begin(), massive.end(), [](int64_t t) { return t > 0; }));
 
-  // Massive activations (SPEC.md §4): exactly the planted tokens from the massive layer on, none
-  // before; their largest values sit in the planted channels and are >= 1000.
+  // Massive activations (docs/spec.md §4): exactly the planted tokens from the massive layer on,
+  // none before; their largest values sit in the planted channels and are >= 1000.
   for (int64_t l = 0; l < L; ++l) {
     const std::vector<float> h = f.read_f32(layer(l, "hidden_in"));
     INFO("layer " << l);
@@ -170,7 +170,7 @@ void check_ground_truth(const std::string& path) {
     }
   }
 
-  // Attention sinks (SPEC.md §4 ground truth, tau_mass = 5): the planted sinks and only them,
+  // Attention sinks (docs/spec.md §4 ground truth, tau_mass = 5): the planted sinks and only them,
   // with a wide margin either side.
   const std::vector<double> score = sink_scores(f);
   double min_sink = INFINITY, max_other = 0.0;
@@ -230,7 +230,8 @@ void check_ground_truth(const std::string& path) {
     CHECK(worst < 1e-5);
   }
 
-  // Super Experts (SPEC.md §5): exactly the planted ones, under either reading of round(0.75 L).
+  // Super Experts (docs/spec.md §5): exactly the planted ones, under either reading of round(0.75
+  // L).
   if (E > 0) {
     std::set<std::pair<int64_t, int64_t>> planted;
     for (const auto& pair : json::parse(f.metadata().at("super_experts")))
@@ -269,7 +270,7 @@ TEST_CASE("synth: the same seed gives identical bytes, another seed different on
   CHECK((a != c));
 }
 
-TEST_CASE("synth: the recording has the DESIGN.md schema") {
+TEST_CASE("synth: the recording has the docs/design.md schema") {
   kvq::SynthParams p;
   const auto f = kvq::SafetensorsFile::open(written(p, "schema.safetensors"));
   for (int64_t l = 0; l < p.layers; ++l) {

@@ -1,5 +1,5 @@
 // reference/tensor.h: exact widening (checked against the IEEE value formulas), shape checks and
-// the non-finite input rule of SPEC.md §0.
+// the non-finite input rule of docs/spec.md §0.
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <cstdint>

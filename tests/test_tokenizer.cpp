@@ -1,4 +1,4 @@
-// llama2.c tokenizer: loading, the SPEC.md §9 encoder against the ids listed in
+// llama2.c tokenizer: loading, the docs/spec.md §9 encoder against the ids listed in
 // data/SOURCES.md and against a plain quadratic re-implementation of llama2.c's encode,
 // byte fallback, merge order on a hand-built vocabulary, and load errors.
 #include <catch2/catch.hpp>

@@ -62,7 +62,7 @@ TEST_CASE("vlm: AKVQ-VL and uniform spend exactly equal code bits on every layer
     CHECK(s.image_tokens == 96);
     CHECK(s.akvq_avg_bits == 2.0);
     CHECK(s.uniform_avg_bits == 2.0);
-    CHECK(s.spec_avg_bits > 2.0);  // SPEC.md §6's own allocation spends more
+    CHECK(s.spec_avg_bits > 2.0);  // docs/spec.md §6's own allocation spends more
     for (const kvq::VlmLayer& l : s.layers) {
       CHECK(l.akvq_avg_bits == 2.0);
       CHECK(l.promoted > 0);

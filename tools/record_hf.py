@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Records a Hugging Face causal LM's per-layer activations in kvq's recording schema.
 
-What one run writes (DESIGN.md "Recording"), for every decoder layer i, T = --tokens:
+What one run writes (docs/design.md "Recording"), for every decoder layer i, T = --tokens:
   layers.{i}.hidden_in   [T, hidden]        residual stream entering layer i
   layers.{i}.q           [T, H_q, d]        query after RoPE
   layers.{i}.k_pre_rope  [T, H_kv, d]       key as it enters the model's RoPE (k_proj output;
@@ -19,7 +19,7 @@ name, its dimensions, rope_theta, the token ids (JSON) and the text they decode 
 How: forward hooks on each decoder layer (hidden_in), on self_attn.v_proj (v) and on the MoE
 router and experts; q, k_pre_rope and k are taken at the model's own apply_rotary_pos_emb
 call (its input and output), so they are exactly what the model attends with. Hugging Face
-Llama-family models rotate channel pairs (j, j + d/2) ("rotate_half"); kvq's RoPE (SPEC.md §7,
+Llama-family models rotate channel pairs (j, j + d/2) ("rotate_half"); kvq's RoPE (docs/spec.md §7,
 reference/attention.h apply_rope) rotates pairs (2j, 2j+1). By default q, k_pre_rope and k
 are stored with each head's channels permuted to kvq's layout (channel 2j <- j, 2j+1 <- j+d/2)
 so kvq's RoPE of k_pre_rope gives k; q . k is unchanged by that permutation. --layout model

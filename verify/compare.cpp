@@ -225,7 +225,7 @@ Comparison compare_tolerance(std::span<const double> oracle, std::span<const flo
   for (size_t i = 0; i < oracle.size(); ++i) {
     const double o = oracle[i], g = got[i];
     const double d = std::fabs(g - o);
-    // Non-finite values fail outright; |d| / max|oracle| otherwise (SPEC.md §7 gate).
+    // Non-finite values fail outright; |d| / max|oracle| otherwise (docs/spec.md §7 gate).
     double rel = kInf;
     if (std::isfinite(g) && std::isfinite(o)) rel = d == 0.0 ? 0.0 : (scale > 0 ? d / scale : kInf);
     c.max_rel_error = std::max(c.max_rel_error, rel);

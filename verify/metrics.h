@@ -1,4 +1,4 @@
-// Accuracy metrics of a method against the unquantized baseline (SPEC.md §7, §8) and set
+// Accuracy metrics of a method against the unquantized baseline (docs/spec.md §7, §8) and set
 // comparison of detector decisions (STYLE.md rule 13). All accumulation in fp64.
 #pragma once
 
@@ -9,8 +9,8 @@
 
 namespace kvq {
 
-// max_i |got_i - ref_i| / max_i |ref_i| (SPEC.md §7's "max relative error of o"); 0 when both are
-// all zero, +inf when the reference is all zero and `got` is not, or any value is non-finite.
+// max_i |got_i - ref_i| / max_i |ref_i| (docs/spec.md §7's "max relative error of o"); 0 when both
+// are all zero, +inf when the reference is all zero and `got` is not, or any value is non-finite.
 double max_relative_error(std::span<const double> reference, std::span<const double> got);
 // ||got - ref||_2 / ||ref||_2, with the same conventions.
 double relative_l2_error(std::span<const double> reference, std::span<const double> got);

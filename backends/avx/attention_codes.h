@@ -1,4 +1,4 @@
-// Decode attention computed on the packed codes (SPEC.md §7, a tolerance op gated against the
+// Decode attention computed on the packed codes (docs/spec.md §7, a tolerance op gated against the
 // fp64 oracle), templated on the ISA traits S. The rebuild kernel (attention_decode.h) remains
 // for the caches this one does not take (pre-RoPE K, the grouped K rotation, fp32 rows).
 //
@@ -507,7 +507,7 @@ bool attention_codes_kernel(const DecodeProblem& p, float* out) {
   return oom == 0;
 }
 
-// SPEC.md §7 decode attention: on the codes when the cache allows it, else on rebuilt rows.
+// docs/spec.md §7 decode attention: on the codes when the cache allows it, else on rebuilt rows.
 template <class S>
 bool attention_decode_kernel(const DecodeProblem& p, float* out) {
   if (code_problem(p)) return attention_codes_kernel<S>(p, out);

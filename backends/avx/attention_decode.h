@@ -1,4 +1,4 @@
-// SIMD decode attention over a quantized cache (SPEC.md §7, a tolerance op gated against the
+// SIMD decode attention over a quantized cache (docs/spec.md §7, a tolerance op gated against the
 // fp64 oracle, so the reductions may be reordered), templated on the ISA traits S.
 //
 // Flash-decoding over fixed chunks of kChunk tokens: per chunk, one thread rebuilds the chunk's

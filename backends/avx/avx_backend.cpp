@@ -127,7 +127,7 @@ class AvxBackend final : public Backend {
   bool supports(Op) const override { return true; }
 
   void fwht(std::span<float> x, int n) const override {
-    const float s = fwht_scale(n);  // validates n (SPEC.md §1)
+    const float s = fwht_scale(n);  // validates n (docs/spec.md §1)
     if (x.size() % static_cast<size_t>(n) != 0)
       throw Error("fwht: input has " + std::to_string(x.size()) +
                   " values, not a multiple of the transform size n = " + std::to_string(n));
@@ -267,7 +267,7 @@ class AvxBackend final : public Backend {
     return kvq::expert_statistics(ids, down_absmax, down_argmax, tokens, top_k, num_experts);
   }
 
-  // SPEC.md §7 (tolerance): backends/avx/attention_decode.h.
+  // docs/spec.md §7 (tolerance): backends/avx/attention_decode.h.
   std::vector<float> attention_decode(std::span<const float> q, int64_t q_heads,
                                       const DecodeCache& cache) const override {
     const avx::DecodeTables tables(q, q_heads, cache);  // the reference's rules and errors

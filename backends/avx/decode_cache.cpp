@@ -158,7 +158,7 @@ void build(std::span<const float> q, int64_t q_heads, const DecodeCache& c, Deco
       case KeyRotation::PerHeadHadamard: p.k.fwht_n = static_cast<int>(shape.head_dim); break;
       default: require(false);
     }
-    if (p.k.fwht_n > 0) p.k.fwht_scale = fwht_scale(p.k.fwht_n);  // validates n (SPEC.md §1)
+    if (p.k.fwht_n > 0) p.k.fwht_scale = fwht_scale(p.k.fwht_n);  // validates n (docs/spec.md §1)
     if (c.k_pre_rope) {  // reference apply_rope's rules and its theta^(-2i/d) in fp64
       require(shape.head_dim >= 2 && shape.head_dim % 2 == 0);
       require(std::isfinite(c.rope_theta) && c.rope_theta > 0.0f);

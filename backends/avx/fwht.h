@@ -1,10 +1,10 @@
-// SIMD twin of reference/fwht.cpp (SPEC.md §1), templated on the ISA traits S
+// SIMD twin of reference/fwht.cpp (docs/spec.md §1), templated on the ISA traits S
 // (simd_avx512.h / simd_avx2.h) and instantiated in avx512.cpp and avx2.cpp.
 //
 // Stages h < W are lane shuffles inside one vector (S::butterfly<h>), stages W <= h < W *
 // kRegVectors run on a block held in registers, larger stages are radix-2 passes over the block
 // in L1. Every output is still produced by one add or subtract per butterfly in ascending h, so
-// the result equals the reference bit for bit (SPEC.md §1: only the stage order matters). The
+// the result equals the reference bit for bit (docs/spec.md §1: only the stage order matters). The
 // normalizing multiply is fused into the last stage's store: same single rounding.
 // Bytes moved: 4 read + 4 written per element; compute log2(n) adds per element.
 #pragma once
@@ -25,7 +25,7 @@ inline typename S::V fwht_lane_stages(typename S::V v, int n) {  // stages h < m
 }
 
 // The butterflies between whole vectors r[0..N): stages hv = 1, 2, ..., N/2 in ascending order,
-// one add and one subtract per pair (SPEC.md §1), all in registers.
+// one add and one subtract per pair (docs/spec.md §1), all in registers.
 template <class S, int N>
 __attribute__((always_inline)) inline void fwht_vector_stages(typename S::V (&r)[N]) {
 #pragma GCC unroll 8
@@ -133,8 +133,8 @@ void fwht_kernel(float* x, int64_t blocks, int n, float scale) {
 //
 // Here a butterfly is one vector add or subtract between two channels' vectors, lane by lane, so
 // no stage needs a shuffle and tokens never mix; stages still run in ascending h with one add or
-// subtract per output, so every lane equals the reference bit for bit (SPEC.md §1). The stages go
-// in passes of K <= S::kSoaRadixLog consecutive stages held in registers: a pass covering stages
+// subtract per output, so every lane equals the reference bit for bit (docs/spec.md §1). The stages
+// go in passes of K <= S::kSoaRadixLog consecutive stages held in registers: a pass covering stages
 // h0, 2 h0, ..., 2^(K-1) h0 loads the 2^K vectors i + j * h0 (i in a block of n, i mod (2^K h0) <
 // h0), runs its K stages and stores them. load(i, j, q) and store(i, j, q, v) address vector
 // i + j * h0; q = begin + (number of vectors the pass visited before this group), so q + j numbers

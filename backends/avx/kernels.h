@@ -11,7 +11,7 @@ namespace kvq::avx {
 // Input element type of the fused append path.
 enum class Src : uint8_t { F32, F16, BF16 };
 
-// A quantization of [rows, cols] (SPEC.md §3) with G already clamped; byte offsets as
+// A quantization of [rows, cols] (docs/spec.md §3) with G already clamped; byte offsets as
 // reference GroupLayout computes them.
 struct QuantSpec {
   int bits = 2;
@@ -59,7 +59,8 @@ struct DecodePart {
 };
 
 // Where K or V of each cached token comes from and how it returns to the original basis
-// (reference reconstruct_keys / reconstruct_values, SPEC.md §7), per token row of `cols` values.
+// (reference reconstruct_keys / reconstruct_values, docs/spec.md §7), per token row of `cols`
+// values.
 struct DecodeSide {
   const float* f32 = nullptr;  // exact rows [tokens, cols]: when set, nothing else is read
   const DecodePart* parts = nullptr;
@@ -87,7 +88,7 @@ struct DecodeProblem {
 };
 
 struct Kernels {
-  // x: blocks * n values, transformed in place (SPEC.md §1).
+  // x: blocks * n values, transformed in place (docs/spec.md §1).
   void (*fwht)(float* x, int64_t blocks, int n, float s);
   // out[t, j] = x[t, perm[j]] for rows of `cols` values.
   void (*reorder)(const float* x, int64_t rows, int64_t cols, const int32_t* perm, float* out);
@@ -103,7 +104,7 @@ struct Kernels {
   // absmax[t] = max_c |h[t, c]|, argmax the lowest such c. Returns the first non-finite index.
   int64_t (*token_absmax)(const float* h, int64_t rows, int64_t cols, float* absmax,
                           int32_t* argmax);
-  // o [q_heads, head_dim] of the decode attention (SPEC.md §7, a tolerance op). False when
+  // o [q_heads, head_dim] of the decode attention (docs/spec.md §7, a tolerance op). False when
   // scratch memory could not be allocated.
   bool (*attention_decode)(const DecodeProblem& p, float* out);
   // fp16 conversions as the kernels do them (tested against reference/half.h).

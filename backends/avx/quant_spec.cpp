@@ -1,4 +1,4 @@
-// Byte offsets as reference GroupLayout computes them (SPEC.md §3 packing).
+// Byte offsets as reference GroupLayout computes them (docs/spec.md §3 packing).
 #include "backends/avx/quant_spec.h"
 
 namespace kvq::avx {

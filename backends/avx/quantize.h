@@ -1,11 +1,11 @@
-// SIMD twin of reference/quantize.cpp (SPEC.md §3), templated on the ISA traits S.
+// SIMD twin of reference/quantize.cpp (docs/spec.md §3), templated on the ISA traits S.
 //
-// Per group: lo/hi by vector min/max (exact in any order, SPEC.md §0), then the scalar group
+// Per group: lo/hi by vector min/max (exact in any order, docs/spec.md §0), then the scalar group
 // statistics in the reference's order (lo*r, hi*r, (hi-lo)/(2^b-1), fp16 by F16C, which is
 // round-to-nearest-even like reference/half.h), then codes t = x - z; u = t / s (vdivps is
 // correctly rounded); rne (roundscale / round_ps, nearest-even); clamp; pack.
 // Packing: lane i of a vector shifts its code by (i mod 8) * b and the lanes are OR-reduced,
-// giving 8 * b stream bits per 8 codes (SPEC.md §3 little-endian bitstream).
+// giving 8 * b stream bits per 8 codes (docs/spec.md §3 little-endian bitstream).
 // One subtlety: min/max hardware returns either zero when +0 and -0 tie, while the reference
 // (std::min / std::max in element order) keeps the first; lo or hi equal to 0 is therefore
 // re-read as the first zero of the group, so zero16 and scale16 keep the reference's sign.
@@ -46,7 +46,7 @@ static inline int64_t first_nonfinite(const float* x, int64_t n) {
   return -1;
 }
 
-// Scalar group statistics exactly as reference group_stats (SPEC.md §3).
+// Scalar group statistics exactly as reference group_stats (docs/spec.md §3).
 template <class S>
 struct GroupStats {
   float lo = 0.0f, hi = 0.0f, range = 0.0f;
@@ -63,7 +63,7 @@ struct GroupStats {
   }
 };
 
-// Codes of W values at p (lanes >= m are 0) for a group with s != 0 (SPEC.md §3).
+// Codes of W values at p (lanes >= m are 0) for a group with s != 0 (docs/spec.md §3).
 template <class S, int B>
 inline typename S::VI group_codes(const float* p, int m, typename S::V vs, typename S::V vinv,
                                   typename S::V vz, typename S::V vzp, bool int_zero) {
@@ -75,7 +75,7 @@ inline typename S::VI group_codes(const float* p, int m, typename S::V vs, typen
   // rne(t * (1/s)) equals rne(t / s) unless t / s lies near a half-integer: t * fl(1/s) is
   // within 3 ulp of the correctly rounded t / s, so a lane whose product is farther than
   // |u| * 2^-21 (8 ulp) from every k + 1/2 rounds the same. Any other lane (about 1e-4 of
-  // them) sends the vector through the exact division, so the codes are those of SPEC.md §3.
+  // them) sends the vector through the exact division, so the codes are those of docs/spec.md §3.
   // The test is written so that an unordered comparison counts as near: u is inf or NaN when
   // fl(1/s) overflows (integer zero point with s < 2^-128), and those lanes must divide too.
   const V u = S::mul(t, vinv);
@@ -154,7 +154,7 @@ inline bool group_minmax(const float* x, int64_t n, float& lo, float& hi) {
   return true;
 }
 
-// What the code loop of one group needs, from its statistics (SPEC.md §3). A template, like
+// What the code loop of one group needs, from its statistics (docs/spec.md §3). A template, like
 // every type here, so each ISA unit owns its instantiation.
 template <class S>
 struct GroupCoding {
@@ -378,7 +378,7 @@ Faults quantize_kernel(const float* x, const QuantSpec& spec, const QuantOut& ou
 }
 
 // Row r of a token-axis quantization, dequantized into dst (spec.cols values): x_hat =
-// fma((float)q, s, z), or s * (float)(q - zp) for the integer zero point (SPEC.md §3).
+// fma((float)q, s, z), or s * (float)(q - zp) for the integer zero point (docs/spec.md §3).
 template <class S>
 inline void dequantize_token_row(const uint8_t* codes, const uint16_t* scale, const uint16_t* zero,
                                  const uint8_t* zero_int, const QuantSpec& spec,
@@ -440,7 +440,7 @@ inline void dequantize_channel_row(const uint8_t* codes, const uint16_t* scale,
   }
 }
 
-// Dequantize (SPEC.md §3): x_hat = fma((float)q, s, z), or s * (float)(q - zp) for the integer
+// Dequantize (docs/spec.md §3): x_hat = fma((float)q, s, z), or s * (float)(q - zp) for the integer
 // zero point, as reference dequantize.
 template <class S>
 void dequantize_kernel(const uint8_t* codes, const uint16_t* scale, const uint16_t* zero,
@@ -509,7 +509,7 @@ void dequantize_kernel(const uint8_t* codes, const uint16_t* scale, const uint16
 // reference's order (no horizontal reduction, no scalar statistics), and each lane's codes are
 // packed into 32-bit words by exact float arithmetic.
 //
-// Codes (SPEC.md §3: t = x - z; u = t / s; rne; clamp) use the reciprocal only as a filter:
+// Codes (docs/spec.md §3: t = x - z; u = t / s; rne; clamp) use the reciprocal only as a filter:
 // u' = fl(t * fl(1/s)), clamped to [L, U] (float zero point: [0, 2^b - 1]; integer: [-zp, 2^b - 1
 // - zp]), then r = rne(u'). Clamping before rne is exact: rne is monotone and fixes the integer
 // bounds, so rne(clamp(v)) = clamp(rne(v)) (and rne(v) + zp clamped to [0, 2^b-1] equals

@@ -1,4 +1,4 @@
-// SIMD twins of reference reorder / rotate_k / rotate_v (reference/rotation.cpp, SPEC.md §2)
+// SIMD twins of reference reorder / rotate_k / rotate_v (reference/rotation.cpp, docs/spec.md §2)
 // and of the fused append path reference_rotate_quantize (backends/reference_backend.cpp).
 // Token axis: blocks of W tokens go channel-major through FWHT, reorder and quantization at once
 // (token blocks, below); the remaining rows % W tokens, layouts the blocks do not take and tokens
@@ -116,7 +116,7 @@ bool rotate_kernel(const float* x, int64_t rows, int64_t cols, const RowRotation
 }
 
 // The per-token path of the token axis: row t widened, rotated into buf / tmp, quantized by
-// quantize_row_token; faults kept as the lowest flat index (SPEC.md §0 errors).
+// quantize_row_token; faults kept as the lowest flat index (docs/spec.md §0 errors).
 template <class S>
 inline void token_row(const void* src, Src type, int64_t t, const RowRotation& rot,
                       const QuantSpec& spec, typename S::VI shifts, const QuantOut& out, float* buf,

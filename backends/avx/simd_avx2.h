@@ -73,7 +73,7 @@ struct Simd : kvq::avx::ScalarOps<Simd> {  // to_half, from_half, round_ne_scala
   static V add(V a, V b) { return _mm256_add_ps(a, b); }
   static V sub(V a, V b) { return _mm256_sub_ps(a, b); }
   static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
-  static V div(V a, V b) { return _mm256_div_ps(a, b); }  // correctly rounded (SPEC.md §0)
+  static V div(V a, V b) { return _mm256_div_ps(a, b); }  // correctly rounded (docs/spec.md §0)
   static V fmadd(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
   static V min(V a, V b) { return _mm256_min_ps(a, b); }
   static V max(V a, V b) { return _mm256_max_ps(a, b); }
@@ -93,7 +93,7 @@ struct Simd : kvq::avx::ScalarOps<Simd> {  // to_half, from_half, round_ne_scala
     m = _mm_max_ss(m, _mm_movehdup_ps(m));
     return _mm_cvtss_f32(m);
   }
-  // Sum of the lanes in a tree order (only for tolerance ops: attention_decode, SPEC.md §7).
+  // Sum of the lanes in a tree order (only for tolerance ops: attention_decode, docs/spec.md §7).
   static float reduce_add(V v) {
     __m128 m = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     m = _mm_add_ps(m, _mm_movehl_ps(m, m));
@@ -122,7 +122,7 @@ struct Simd : kvq::avx::ScalarOps<Simd> {  // to_half, from_half, round_ne_scala
     return _mm256_load_ps(t);
   }
 
-  // In-register butterfly stage h < W (SPEC.md §1), as in the AVX-512 traits.
+  // In-register butterfly stage h < W (docs/spec.md §1), as in the AVX-512 traits.
   template <int H>
   static V butterfly(V v) {
     if constexpr (H == 1) {
@@ -313,7 +313,7 @@ struct Simd : kvq::avx::ScalarOps<Simd> {  // to_half, from_half, round_ne_scala
     transpose8(r, o);
     for (int c = 0; c < 8; ++c) _mm256_storeu_ps(dst + c * 8, o[c]);
   }
-  // W staged 16-bit values widened exactly (SPEC.md §0).
+  // W staged 16-bit values widened exactly (docs/spec.md §0).
   static V load_f16(const uint16_t* p) {
     return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
   }

@@ -31,7 +31,7 @@ struct Simd : kvq::avx::ScalarOps<Simd> {    // to_half, from_half, round_ne_sca
   static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
   static void store_n(float* p, V v, int n) { _mm512_mask_storeu_ps(p, first(n), v); }
 
-  // Exact widening (SPEC.md §0); lanes >= n are 0.
+  // Exact widening (docs/spec.md §0); lanes >= n are 0.
   static V load_f16_n(const uint16_t* p, int n) {
     return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(first(n), p));
   }
@@ -47,7 +47,7 @@ struct Simd : kvq::avx::ScalarOps<Simd> {    // to_half, from_half, round_ne_sca
   static V add(V a, V b) { return _mm512_add_ps(a, b); }
   static V sub(V a, V b) { return _mm512_sub_ps(a, b); }
   static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
-  static V div(V a, V b) { return _mm512_div_ps(a, b); }  // correctly rounded (SPEC.md §0)
+  static V div(V a, V b) { return _mm512_div_ps(a, b); }  // correctly rounded (docs/spec.md §0)
   static V fmadd(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
   static V min(V a, V b) { return _mm512_min_ps(a, b); }
   static V max(V a, V b) { return _mm512_max_ps(a, b); }
@@ -57,7 +57,7 @@ struct Simd : kvq::avx::ScalarOps<Simd> {    // to_half, from_half, round_ne_sca
   }
   static float reduce_min(V v) { return _mm512_reduce_min_ps(v); }
   static float reduce_max(V v) { return _mm512_reduce_max_ps(v); }
-  // Sum of the lanes in a tree order (only for tolerance ops: attention_decode, SPEC.md §7).
+  // Sum of the lanes in a tree order (only for tolerance ops: attention_decode, docs/spec.md §7).
   static float reduce_add(V v) { return _mm512_reduce_add_ps(v); }
 
   // acc collects v - v, which is +0 for finite v and NaN for inf or NaN.
@@ -77,7 +77,7 @@ struct Simd : kvq::avx::ScalarOps<Simd> {    // to_half, from_half, round_ne_sca
     return _mm512_mask_broadcastss_ps(v, static_cast<__mmask16>(1u << i), _mm_set_ss(x));
   }
 
-  // In-register butterfly stage h < W of the FWHT (SPEC.md §1): lane j of each 2h block gets
+  // In-register butterfly stage h < W of the FWHT (docs/spec.md §1): lane j of each 2h block gets
   // x[j] + x[j+h], lane j+h gets x[j] - x[j+h]; one add or subtract per output.
   template <int H>
   static V butterfly(V v) {
@@ -297,7 +297,7 @@ struct Simd : kvq::avx::ScalarOps<Simd> {    // to_half, from_half, round_ne_sca
       _mm512_storeu_ps(dst + (12 + k) * 16, _mm512_shuffle_f32x4(v[4 + k], v[12 + k], 0xDD));
     }
   }
-  // W staged 16-bit values widened exactly (SPEC.md §0).
+  // W staged 16-bit values widened exactly (docs/spec.md §0).
   static V load_f16(const uint16_t* p) {
     return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
   }

@@ -23,7 +23,7 @@ struct ScalarOps {
     return _mm_cvtss_f32(_mm_round_ss(_mm_setzero_ps(), _mm_set_ss(f),
                                       _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
   }
-  // fma(a, b, c) with one rounding (SPEC.md §3 dequantization).
+  // fma(a, b, c) with one rounding (docs/spec.md §3 dequantization).
   static float fma_scalar(float a, float b, float c) {
     return _mm_cvtss_f32(_mm_fmadd_ss(_mm_set_ss(a), _mm_set_ss(b), _mm_set_ss(c)));
   }

@@ -1,4 +1,4 @@
-// SIMD twin of reference token_absmax (reference/sinks.cpp, SPEC.md §4): per lane the running
+// SIMD twin of reference token_absmax (reference/sinks.cpp, docs/spec.md §4): per lane the running
 // max of |h| with the channel where it first occurs (strict >), then the max over lanes and the
 // lowest channel among the lanes holding it — the reference's "lowest channel on ties".
 // Bytes moved: 4 read per element.

@@ -1,4 +1,4 @@
-// Decode attention over a quantized cache (SPEC.md §7, a tolerance op), flash-decoding style:
+// Decode attention over a quantized cache (docs/spec.md §7, a tolerance op), flash-decoding style:
 // split the tokens into chunks, one block per (KV head, chunk, sequence) computes a partial
 // softmax (max m, sum l, unnormalized o) for the query heads of that KV head, and a combine
 // kernel merges the chunks. fp32 arithmetic throughout, exp2 with log2(e) / sqrt(d) folded

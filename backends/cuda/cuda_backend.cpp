@@ -1,7 +1,7 @@
 // The CUDA backend behind the Backend interface: validation as the reference does it (same
 // rules, errors naming the tensor and index), then upload, kernels (kernels.h), download.
 //
-// attention_decode takes one of two paths (SPEC.md §7 is a tolerance op, so both are gated
+// attention_decode takes one of two paths (docs/spec.md §7 is a tolerance op, so both are gated
 // against the fp64 oracle): the packed path reads the quantized cache as stored (token axis,
 // float zero point, b in {1, 2, 4, 8}, groups tiling each row, K post-RoPE with no rotation or
 // a per-head Hadamard folded into q, V with or without a per-head Hadamard folded after the
@@ -80,7 +80,7 @@ Quantized finish_quantized(DeviceQuantized& d, const GroupLayout& l, int64_t row
 
 bool half_finite(uint16_t h) { return (h & 0x7C00u) != 0x7C00u; }
 
-// SPEC.md §0 for the raw input of rotate_quantize, without widening on the host.
+// docs/spec.md §0 for the raw input of rotate_quantize, without widening on the host.
 void require_finite_view(const TensorView& kv, const std::string& what) {
   const int64_t n = kv.numel();
   for (int64_t i = 0; i < n; ++i) {

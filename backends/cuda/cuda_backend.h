@@ -1,7 +1,7 @@
 // The CUDA backend (backends/cuda/): the Backend interface on an NVIDIA GPU. Host spans in,
 // host results out: each op validates its input exactly as the reference does, copies to the
 // device, runs the kernels of kernels.h and copies back. Exact ops equal the reference bit for
-// bit; attention_decode is a tolerance op (SPEC.md §7).
+// bit; attention_decode is a tolerance op (docs/spec.md §7).
 #pragma once
 
 #include <string>

@@ -1,5 +1,5 @@
 // 2-bit decode attention on tensor cores (included by attention_decode.cu; a tolerance op,
-// SPEC.md §7): the packed path's algebra (q . (s c + z) = s (q . c) + z sum q, and
+// docs/spec.md §7): the packed path's algebra (q . (s c + z) = s (q . c) + z sum q, and
 // sum_j p_j (s_j c_j + z_j) = sum_j (p_j s_j) c_j + sum_j p_j z_j) with both code products as
 // mma.sync m16n8k16 (fp16 in, fp32 accumulate), for head_dim 128 and one quantization group per
 // head (G a multiple of 128). Why: the scalar packed kernel spends ~3 instructions per code

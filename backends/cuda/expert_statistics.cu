@@ -1,4 +1,4 @@
-// expert_statistics (SPEC.md §5): m[e] = max over routed (token, slot) entries of down_absmax,
+// expert_statistics (docs/spec.md §5): m[e] = max over routed (token, slot) entries of down_absmax,
 // first occurrence on ties. One thread per entry does a 64-bit atomicMax of
 // (max_abs bits << 32 | ~flat index) into its expert's key; the host decodes the keys. Input
 // validation (expert ids in range, non-negative values) is the backend's, before the launch.

@@ -1,4 +1,4 @@
-// Normalized FWHT (SPEC.md §1) on the GPU. A block loads a tile of whole transforms (4096
+// Normalized FWHT (docs/spec.md §1) on the GPU. A block loads a tile of whole transforms (4096
 // floats, or one transform when n > 4096) into shared memory with 16-byte loads, runs the
 // radix-8 passes of fwht_tile.cuh and stores x * s with 16-byte stores. Bytes moved: 8 per
 // element (fp32 read + write), so the floor is the device copy bandwidth; launch: one block of

@@ -1,10 +1,10 @@
-// The in-shared-memory FWHT of SPEC.md §1 that fwht.cu and rotate_quantize.cu share: a tile of
+// The in-shared-memory FWHT of docs/spec.md §1 that fwht.cu and rotate_quantize.cu share: a tile of
 // `len` floats (a whole number of transforms of size n = 2^m) is transformed in radix-8 passes.
 // Pass p covers stages h = 2^(3p), 2^(3p+1), 2^(3p+2): each thread loads the 8 values a group of
 // those stages touches into registers, runs the stages in ascending h (one add or subtract per
 // butterfly output) and stores them back. Stages thus stay in ascending h across passes, which
-// is all SPEC.md §1 asks for bit-exactness; the normalizing multiply is done by the caller after
-// the last pass. Shared traffic: 8 bytes per element per pass (ceil(m/3) passes) against 8
+// is all docs/spec.md §1 asks for bit-exactness; the normalizing multiply is done by the caller
+// after the last pass. Shared traffic: 8 bytes per element per pass (ceil(m/3) passes) against 8
 // bytes per element of global traffic (fp32 in and out), so shared bandwidth is not the limit.
 #pragma once
 

@@ -10,15 +10,15 @@ typedef struct CUstream_st* cudaStream_t;
 
 namespace kvq::cuda {
 
-// SPEC.md §1: every consecutive block of n values of x (count values, a multiple of n) in place,
-// stages in ascending h, then one multiply by `scale` (= fwht_scale(n)). 2 <= n <= 32768.
+// docs/spec.md §1: every consecutive block of n values of x (count values, a multiple of n) in
+// place, stages in ascending h, then one multiply by `scale` (= fwht_scale(n)). 2 <= n <= 32768.
 void fwht(float* x, int64_t count, int n, float scale, cudaStream_t stream);
 
 // out[t, j] = x[t, perm[j]] (forward) or out[t, perm[j]] = x[t, j] (inverse), rows x channels.
 void reorder(const float* x, float* out, int64_t rows, int64_t channels, const int32_t* perm,
              bool inverse, cudaStream_t stream);
 
-// The packed layout of SPEC.md §3 (reference/quantize.h GroupLayout), as the kernels need it.
+// The packed layout of docs/spec.md §3 (reference/quantize.h GroupLayout), as the kernels need it.
 struct DeviceQuantLayout {
   int64_t rows = 0, cols = 0, group = 0;  // group already clamped to the axis length
   int64_t groups_per_line = 0, group_count = 0;
@@ -57,16 +57,16 @@ void rotate_quantize_token(const void* kv, const FusedAppend& append,
 // Widen to fp32 (the first step of the unfused path, used for the channel axis).
 void widen(const void* kv, InputType input, int64_t count, float* out, cudaStream_t stream);
 
-// SPEC.md §4: per row, max |h| and its lowest channel.
+// docs/spec.md §4: per row, max |h| and its lowest channel.
 void token_absmax(const float* hidden, int64_t tokens, int64_t hidden_size, float* absmax,
                   int32_t* argmax, cudaStream_t stream);
 
-// SPEC.md §5 per-expert statistic. key (device, num_experts uint64, zeroed by the caller)
+// docs/spec.md §5 per-expert statistic. key (device, num_experts uint64, zeroed by the caller)
 // receives (max_abs bits << 32 | ~flat index); finish turns it into max/token/channel.
 void expert_statistics(const int32_t* ids, const float* down_absmax, int64_t count,
                        unsigned long long* key, cudaStream_t stream);
 
-// Decode attention over a packed cache (SPEC.md §7, tolerance). Layout per sequence b:
+// Decode attention over a packed cache (docs/spec.md §7, tolerance). Layout per sequence b:
 // K and V codes/scales/zeros in the packed token-axis layout of `layout` (float zero point),
 // `slot[t]` = row of the kept (fp32, already in the stored basis) arrays or -1. Batch stride:
 // codes_stride bytes, groups_stride groups, kept rows are per sequence too (kept_stride rows).

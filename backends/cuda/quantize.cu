@@ -1,4 +1,5 @@
-// Quantize + pack and dequantize (SPEC.md §3) on the GPU, bit-exact with reference/quantize.cpp.
+// Quantize + pack and dequantize (docs/spec.md §3) on the GPU, bit-exact with
+// reference/quantize.cpp.
 // Token axis: one warp per group (quantize_group.cuh), the group's values read coalesced;
 // 4 bytes read per element, b/8 + 4/G written. Channel axis: one thread per group (G tokens of
 // one column): neighbouring threads read neighbouring columns, so the reads coalesce, and each

@@ -1,4 +1,4 @@
-// One quantization group of SPEC.md §3 quantized and packed by one warp; shared by quantize.cu
+// One quantization group of docs/spec.md §3 quantized and packed by one warp; shared by quantize.cu
 // (token axis, values in global memory) and rotate_quantize.cu (values in shared memory, read
 // through the reorder permutation). `at(k)` returns element k of the group.
 //

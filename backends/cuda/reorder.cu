@@ -1,4 +1,5 @@
-// Channel permutation of SPEC.md §2 (exact: a gather or scatter of fp32 values). One thread per
+// Channel permutation of docs/spec.md §2 (exact: a gather or scatter of fp32 values). One thread
+// per
 // output element of a row chunk; the gather side reads perm[j] (cached) and x[t, perm[j]] (a row
 // is at most 128 KiB, so the scattered reads hit L1/L2). 8 bytes per element + perm reads.
 #include <cuda_runtime.h>

@@ -1,4 +1,4 @@
-// The fused append path (SPEC.md §2 + §3, token axis) in one kernel: each block walks a
+// The fused append path (docs/spec.md §2 + §3, token axis) in one kernel: each block walks a
 // grid-stride sequence of token tiles; per tile it widens the fp16/bf16/fp32 rows into shared
 // memory (16-byte loads), runs the grouped or per-head FWHT in place (fwht_tile.cuh), multiplies
 // by fwht_scale(n), and quantizes + packs every group with one warp per group, reading element j
@@ -99,7 +99,7 @@ __global__ void __launch_bounds__(kThreads)
     load_rows<kIn>(kv, row0 * cols, len, tile);
     __syncthreads();
     if (a.rotation != 0) detail::fwht_tile(tile, len, log2n);
-    // The normalizing multiply of SPEC.md §1 happens as the quantizer reads each element
+    // The normalizing multiply of docs/spec.md §1 happens as the quantizer reads each element
     // (the same single rounding, one shared-memory pass fewer).
     const float s = a.fwht_scale;
     const bool scaled = a.rotation != 0;

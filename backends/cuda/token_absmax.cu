@@ -1,5 +1,5 @@
-// token_absmax (SPEC.md §4): per row max |h| and its lowest channel, one warp per row. Each lane
-// scans its strided channels in order keeping the first maximum, then the warp reduces
+// token_absmax (docs/spec.md §4): per row max |h| and its lowest channel, one warp per row. Each
+// lane scans its strided channels in order keeping the first maximum, then the warp reduces
 // (value, channel) pairs preferring the lower channel on equal values, which is the reference's
 // strict-> scan result. 4 bytes read per element; the floor is the copy bandwidth.
 #include <cuda_runtime.h>

@@ -24,7 +24,7 @@ constexpr Subcommand kSubcommands[] = {
      "kvq gate scenarios/ci.toml", cmd_gate},
     {"backends", "list the backends available here and why others are not", "kvq backends",
      cmd_backends},
-    {"apply", "apply a method of SPEC.md §8 to every layer of a recording, write codes + dequant",
+    {"apply", "apply a method of docs/spec.md §8 to every layer of a recording, write codes + dequant",
      "kvq apply --method rotatekv --bits 2 --in rec.safetensors --out applied.safetensors",
      cmd_apply},
     {"report", "named queries over the results database (table, CSV or JSON)",

@@ -22,13 +22,13 @@ int cmd_apply(int argc, char** argv) {
   po::options_description options(
       "kvq apply --method M --bits B --in REC.safetensors --out OUT.safetensors [--backend ref] "
       "[--group G] [--window R] [--clip r] [--zero-point float|int]\n"
-      "Applies a KV-cache method (SPEC.md §8) to every layer of a recording and writes codes, "
+      "Applies a KV-cache method (docs/spec.md §8) to every layer of a recording and writes codes, "
       "scales, zeros, kept tokens and the reconstruction");
   options.add_options()("help,h", "this help")(
       "method", po::value(&method)->required(),
       "fp32, rtn, kivi, kvquant, rotatekv, kvsink+kvquant or akvq-vl")(
       "bits", po::value(&bits)->default_value(bits), "b in {1, 2, 3, 4, 8} (akvq-vl: b_lo)")(
-      "in", po::value(&in)->required(), "recording (safetensors, DESIGN.md schema)")(
+      "in", po::value(&in)->required(), "recording (safetensors, docs/design.md schema)")(
       "out", po::value(&out)->required(), "output safetensors")(
       "backend", po::value(&backend)->default_value(backend), "backend (methods run on ref)")(
       "group", po::value(&group)->default_value(group), "G, quantization group size")(
@@ -36,7 +36,7 @@ int cmd_apply(int argc, char** argv) {
       "R recent tokens kept fp16 (-1: method default, 128 for kivi, else 0)")(
       "clip", po::value(&clip)->default_value(clip),
       "clip ratio r of K and V (-1: method default, rotatekv 0.8 at 2 bits)")(
-      "zero-point", po::value(&zero_point)->default_value(zero_point), "float or int (SPEC.md §3)");
+      "zero-point", po::value(&zero_point)->default_value(zero_point), "float or int (docs/spec.md §3)");
   if (!parse_subcommand_options(argc, argv, options, "apply: ")) return 0;  // --help
   MethodParams params;
   params.method = parse_method(method);

@@ -1,5 +1,5 @@
 // `kvq experts REC.safetensors [--format table|csv|json] [--db PATH] [--include-layers 0.75]
-// [--tau-abs X] [--tau-rel X] [--top N]`: the Super Experts of a recording (SPEC.md §5) and
+// [--tau-abs X] [--tau-rel X] [--top N]`: the Super Experts of a recording (docs/spec.md §5) and
 // the massive activations that follow them (harness/studies/experts.h).
 #include <boost/program_options.hpp>
 #include <cstdio>
@@ -20,7 +20,7 @@ int cmd_experts(int argc, char** argv) {
   StudyInputs in;
   po::options_description options(
       "kvq experts REC.safetensors [options]\n\nLists the Super Experts of a Mixture-of-Experts "
-      "recording (SPEC.md §5: m > P99.5 and m > floor(max / 10) over the first include_layers "
+      "recording (docs/spec.md §5: m > P99.5 and m > floor(max / 10) over the first include_layers "
       "of the layers), scores them against planted super_experts when the metadata has them, "
       "and reports the residual-stream tokens that carry massive activations. csv and json "
       "print only the list on stdout; the rest goes to stderr.\n\nOptions");
@@ -28,7 +28,7 @@ int cmd_experts(int argc, char** argv) {
                                  po::value(&p.selection.include_layers)->default_value(0.75),
                                  "fraction of layers considered: l < round(fraction * L)")(
       "tau-abs", po::value(&p.massive.tau_abs)->default_value(p.massive.tau_abs),
-      "residual report: massive if max|h| >= this (SPEC.md §4)")(
+      "residual report: massive if max|h| >= this (docs/spec.md §4)")(
       "tau-rel", po::value(&p.massive.tau_rel)->default_value(p.massive.tau_rel),
       "residual report: and max|h| >= this x the median token")(
       "top", po::value(&p.top)->default_value(p.top),

@@ -1,5 +1,5 @@
 // `kvq ppl`: perplexity of a llama2.c model over a text with the KV cache passed through
-// methods on append (SPEC.md §9), the fp32 cache as baseline; prints a table and writes a run
+// methods on append (docs/spec.md §9), the fp32 cache as baseline; prints a table and writes a run
 // with one case per (method, bits) to the results store.
 #include <boost/program_options.hpp>
 #include <cstdio>
@@ -46,7 +46,7 @@ int cmd_ppl(int argc, char** argv) {
       "kvq ppl --model M --tokenizer T --text FILE --method M[,M...] --bits B[,B...] "
       "[--backend ref] [--window W] [--max-tokens N] [--db PATH]\n"
       "Perplexity with the KV cache passed through each method at each bit width, and with the "
-      "fp32 cache (SPEC.md §9)");
+      "fp32 cache (docs/spec.md §9)");
   add_llama2_input_options(options, inputs)(
       "method", po::value(&methods_arg)->required(),
       "methods, comma-separated: fp32, rtn, kivi, kvquant, rotatekv, kvsink+kvquant, akvq-vl")(
@@ -84,7 +84,7 @@ int cmd_ppl(int argc, char** argv) {
         throw Error("ppl: --bits value '" + b + "' is not an integer");
       }
       if (!valid_bits(p.bits))
-        throw Error("ppl: --bits " + b + " is not one of 1, 2, 3, 4, 8 (SPEC.md §3)");
+        throw Error("ppl: --bits " + b + " is not one of 1, 2, 3, 4, 8 (docs/spec.md §3)");
       for (const MethodParams& q : cases)
         if (q.method == p.method && q.bits == p.bits)
           throw Error("ppl: " + name + " at --bits " + b + " is asked for twice");

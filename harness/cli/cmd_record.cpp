@@ -1,5 +1,5 @@
 // `kvq record`: runs a llama2.c model over the start of a text file and writes its per-layer
-// activations in the DESIGN.md recording schema (harness/model/recorder.h).
+// activations in the docs/design.md recording schema (harness/model/recorder.h).
 #include <boost/program_options.hpp>
 #include <cstdio>
 #include <string>
@@ -42,7 +42,7 @@ int cmd_record(int argc, char** argv) {
   if (tokens < 1 || tokens > model.config().seq_len)
     throw Error("record: --tokens " + std::to_string(tokens) + " outside [1, seq_len = " +
                 std::to_string(model.config().seq_len) + "] of " + inputs.model);
-  // The recording starts with BOS, as llama2.c runs a sequence and as SPEC.md §9 chunks do.
+  // The recording starts with BOS, as llama2.c runs a sequence and as docs/spec.md §9 chunks do.
   std::vector<int32_t> ids = tokenizer.encode(read_text_file(inputs.text));
   ids.insert(ids.begin(), kBosId);
   if (static_cast<int64_t>(ids.size()) < tokens)

@@ -48,7 +48,7 @@ int cmd_sinks(int argc, char** argv) {
   StudyInputs in;
   std::string pfn = "1,4", rule = "token";
   po::options_description options(
-      "kvq sinks REC.safetensors [options]\n\nScores the sink predictors of SPEC.md §4 (PFN, "
+      "kvq sinks REC.safetensors [options]\n\nScores the sink predictors of docs/spec.md §4 (PFN, "
       "massive activations, pivot tokens, KVSink) against the attention-mass ground truth "
       "recomputed in fp64 from the recording's q and k, and against planted sinks when its "
       "metadata has sink_tokens.\n\nOptions");
@@ -56,11 +56,11 @@ int cmd_sinks(int argc, char** argv) {
                                  "ground truth: j is a sink if score_j >= this")(
       "pfn", po::value(&pfn)->default_value(pfn), "PFN sizes N, comma-separated")(
       "tau-abs", po::value(&p.massive.tau_abs)->default_value(p.massive.tau_abs),
-      "massive if max|h| >= this (SPEC.md §4; also finds KVSink's l*, C*)")(
+      "massive if max|h| >= this (docs/spec.md §4; also finds KVSink's l*, C*)")(
       "tau-rel", po::value(&p.massive.tau_rel)->default_value(p.massive.tau_rel),
       "and max|h| >= this x the median token (token rule) or the channel's median (channel)")(
       "massive-rule", po::value(&rule)->default_value(rule),
-      "token (SPEC.md §4: a token's max |h| against the median token's) or channel (each "
+      "token (docs/spec.md §4: a token's max |h| against the median token's) or channel (each "
       "|h[t,c]| against channel c's median over the tokens)")(
       "tau-k", po::value(&p.kvsink.tau_k)->default_value(p.kvsink.tau_k),
       "KVSink: sink if max over C* >= this x the median")(

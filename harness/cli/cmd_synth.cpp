@@ -22,9 +22,9 @@ int cmd_synth(int argc, char** argv) {
       "kvq synth --out REC.safetensors [--seed S] [--layers L] [--tokens T] [--heads H] "
       "[--kv-heads Hkv] [--head-dim d] [--hidden D] [--experts E] [--top-k k] "
       "[--image-tokens N] [--text-attention NATS]\n"
-      "Writes a synthetic recording (DESIGN.md schema), deterministic from the seed, with planted "
-      "outlier channels, massive activations, attention sinks and Super Experts; the ground "
-      "truth is in its metadata");
+      "Writes a synthetic recording (docs/design.md schema), deterministic from the seed, with "
+      "planted outlier channels, massive activations, attention sinks and Super Experts; the "
+      "ground truth is in its metadata");
   options.add_options()("help,h", "this help")("out", po::value(&out)->required(),
                                                "output safetensors")(
       "seed", po::value(&p.seed)->default_value(p.seed), "PRNG seed")(

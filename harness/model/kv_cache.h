@@ -1,4 +1,5 @@
-// The KV-cache policy of the llama2.c runner (SPEC.md §9): each new token's K/V rows of a layer
+// The KV-cache policy of the llama2.c runner (docs/spec.md §9): each new token's K/V rows of a
+// layer
 // are handed to the cache, and attention reads back what the cache reconstructs. The fp32 cache
 // stores the rows as they are (the baseline); a quantizing method reconstructs them lossily.
 #pragma once
@@ -10,15 +11,15 @@
 namespace kvq {
 
 // One token's rows entering one layer's cache. k and v are [H_kv * d]; k is post-RoPE,
-// k_pre_rope the same key before RoPE (methods that quantize pre-RoPE keys read it, SPEC.md §8);
-// hidden_in is the residual stream entering the layer ([dim]), for sink detectors.
+// k_pre_rope the same key before RoPE (methods that quantize pre-RoPE keys read it, docs/spec.md
+// §8); hidden_in is the residual stream entering the layer ([dim]), for sink detectors.
 struct KvAppend {
   int layer = 0;
   int64_t position = 0;
   std::span<const float> k_pre_rope, k, v, hidden_in;
 };
 
-// Bits the cache stores for K and V together, over `elements` K and V values (SPEC.md §3
+// Bits the cache stores for K and V together, over `elements` K and V values (docs/spec.md §3
 // "memory per element": bits per element = bits / elements).
 struct CacheBits {
   int64_t bits = 0;

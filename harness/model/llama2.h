@@ -1,10 +1,10 @@
-// llama2.c checkpoint (version 0) loader and forward (DESIGN.md "Models and data"; format in
+// llama2.c checkpoint (version 0) loader and forward (docs/design.md "Models and data"; format in
 // docs/design.md): RMSNorm (eps 1e-5), RoPE theta 10000 on pairs (2i, 2i+1),
 // grouped-query attention, SwiGLU FFN, final RMSNorm, tied or untied classifier. RoPE is
-// kvq::apply_rope (SPEC.md §7), the rotation the methods apply to dequantized pre-RoPE keys.
+// kvq::apply_rope (docs/spec.md §7), the rotation the methods apply to dequantized pre-RoPE keys.
 // Token-by-token decode goes through a KvCache (harness/model/kv_cache.h), so the cache can hold
-// fp32 rows or what a quantization method reconstructs (SPEC.md §9), and exposes each layer's
-// activations to a hook for recording (DESIGN.md recording schema).
+// fp32 rows or what a quantization method reconstructs (docs/spec.md §9), and exposes each layer's
+// activations to a hook for recording (docs/design.md recording schema).
 #pragma once
 
 #include <cstdint>
@@ -61,7 +61,7 @@ class Model {
 // Throws kvq::Error naming both files unless the tokenizer's vocabulary matches the model's.
 void require_matching_tokenizer(const Model& model, const Tokenizer& tokenizer);
 
-// Per-layer activations of one token, for recording (DESIGN.md recording schema).
+// Per-layer activations of one token, for recording (docs/design.md recording schema).
 struct LayerActivations {
   int layer = 0;
   int64_t position = 0;

@@ -23,7 +23,7 @@ double token_nll(std::span<const float> logits, int32_t target) {
 }
 
 // One IncrementalCache per layer. KVSink predicts a token's sink status once, when it enters
-// l* (SPEC.md §4); later layers of the same token receive that decision, earlier layers cannot
+// l* (docs/spec.md §4); later layers of the same token receive that decision, earlier layers cannot
 // know it yet and let the method decide (methods.h IncrementalCache).
 class MethodKvCache final : public KvCache {
  public:

@@ -1,5 +1,5 @@
 // Perplexity of a llama2.c model over a text with the KV cache passed through a method on
-// append (SPEC.md §9): ids cut into chunks of W - 1, each prefixed with BOS and run from an
+// append (docs/spec.md §9): ids cut into chunks of W - 1, each prefixed with BOS and run from an
 // empty cache; PPL = exp(sum NLL / N) over every predicted token.
 #pragma once
 
@@ -16,8 +16,8 @@
 
 namespace kvq {
 
-// SPEC.md §9: consecutive chunks of window - 1 ids, each with BOS (id 1) in front; a chunk with
-// no text token is dropped. Throws kvq::Error when window < 2.
+// docs/spec.md §9: consecutive chunks of window - 1 ids, each with BOS (id 1) in front; a chunk
+// with no text token is dropped. Throws kvq::Error when window < 2.
 std::vector<std::vector<int32_t>> ppl_chunks(std::span<const int32_t> ids, int64_t window);
 
 struct PplResult {

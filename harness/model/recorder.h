@@ -1,5 +1,5 @@
 // Records a llama2.c model's per-layer activations over a token sequence (fp32 cache) and
-// writes them in the DESIGN.md recording schema: layers.{i}.k_pre_rope, .k, .v [T, H_kv, d],
+// writes them in the docs/design.md recording schema: layers.{i}.k_pre_rope, .k, .v [T, H_kv, d],
 // .q [T, H_q, d], .hidden_in [T, dim], fp32, with metadata (model, shapes, rope_theta, token
 // ids as a JSON list, text).
 #pragma once

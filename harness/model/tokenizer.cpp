@@ -154,7 +154,7 @@ Tokenizer Tokenizer::load(const std::string& path) {
     tok.scores_.push_back(score);
     offset += static_cast<size_t>(length);
   }
-  // Byte fallback needs ids 3..258 (SPEC.md §9), BOS/EOS are ids 1 and 2.
+  // Byte fallback needs ids 3..258 (docs/spec.md §9), BOS/EOS are ids 1 and 2.
   if (tok.pieces_.size() < 259)
     throw Error("tokenizer " + path + ": " + std::to_string(tok.pieces_.size()) +
                 " tokens, fewer than the 259 that BOS/EOS and the 256 byte-fallback ids need");

@@ -1,4 +1,4 @@
-// llama2.c tokenizer: loader of its .bin format, the SPEC.md §9 encoder (dummy-prefix space,
+// llama2.c tokenizer: loader of its .bin format, the docs/spec.md §9 encoder (dummy-prefix space,
 // codepoint lookup with byte fallback id = byte + 3, highest-score pair merges) and a decoder
 // for printing generations.
 #pragma once
@@ -14,7 +14,7 @@ namespace kvq {
 constexpr int32_t kBosId = 1;  // llama2.c: "\n<s>\n"
 constexpr int32_t kEosId = 2;  // llama2.c: "\n</s>\n"
 
-// Reads a text file for encoding (SPEC.md §9 "read as UTF-8"). Line ends are normalized as
+// Reads a text file for encoding (docs/spec.md §9 "read as UTF-8"). Line ends are normalized as
 // Python's text mode does ("\r\n" and a lone "\r" become "\n"): the reference numbers in
 // data/SOURCES.md (15,536 tokens for tinystories-sample.txt, which has CRLF line ends)
 // were computed that way. Bytes are otherwise kept as they are; invalid UTF-8 falls back to
@@ -35,7 +35,7 @@ class Tokenizer {
   float score(int32_t id) const;
   const std::string& path() const { return path_; }
 
-  // SPEC.md §9: no BOS/EOS; an empty text gives no ids.
+  // docs/spec.md §9: no BOS/EOS; an empty text gives no ids.
   std::vector<int32_t> encode(std::string_view text) const;
   // The bytes token `id` prints after token `previous` (llama2.c decode: a leading space is
   // dropped after BOS, "<0xHH>" pieces print their byte).

@@ -1,5 +1,5 @@
 // `kvq apply`: a method (reference/methods.h) applied to every layer of a recording, written as
-// safetensors (DESIGN.md "Applied method"). Per layer i and X in {k, v}:
+// safetensors (docs/design.md "Applied method"). Per layer i and X in {k, v}:
 //   layers.{i}.X.codes        U8   packed codes of every quantized part, part after part
 //   layers.{i}.X.scale, .zero F16  one per group, group order, part after part (.zero is U8 for
 //                                  zero_point = int)

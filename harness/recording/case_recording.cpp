@@ -44,7 +44,7 @@ nlohmann::json file_identity(const std::string& path, const std::string& where,
 }
 
 
-// Default recorded length of input = "model": BOS + 255 text tokens (SPEC.md §4's ground truth
+// Default recorded length of input = "model": BOS + 255 text tokens (docs/spec.md §4's ground truth
 // scores tokens 0..T-64, so shorter recordings say little about sinks).
 constexpr int64_t kModelTokens = 256;
 
@@ -133,7 +133,7 @@ std::string case_recording(const ScenarioCase& c) {
       if (tokens < 1 || tokens > model.config().seq_len)
         throw Error("key 'tokens': " + std::to_string(tokens) + " outside [1, seq_len = " +
                     std::to_string(model.config().seq_len) + "] of the model");
-      // BOS, then the text, as `kvq record` and SPEC.md §9 chunks start.
+      // BOS, then the text, as `kvq record` and docs/spec.md §9 chunks start.
       std::vector<int32_t> ids = tokenizer.encode(read_text_file(text_path));
       ids.insert(ids.begin(), kBosId);
       if (static_cast<int64_t>(ids.size()) < tokens)

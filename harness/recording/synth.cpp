@@ -13,7 +13,7 @@
 namespace kvq {
 namespace {
 
-// Planted structure (why these values: SPEC.md §4 and §5 must pick exactly the planted items
+// Planted structure (why these values: docs/spec.md §4 and §5 must pick exactly the planted items
 // with wide margins; see the comments where each is used).
 constexpr int64_t kMassiveLayer = 1;       // massive activations enter the residual from layer 1
 constexpr int64_t kDelimiterToken = 5;     // the non-initial massive/sink token
@@ -78,7 +78,7 @@ void check_params(const SynthParams& p) {
   constexpr int64_t kMaxDim = 1 << 20;
   const auto in_range = [](int64_t v, int64_t lo) { return v >= lo && v <= kMaxDim; };
   require(in_range(p.layers, 3),
-          "--layers must be in [3, 2^20] (SPEC.md §4 ground truth "
+          "--layers must be in [3, 2^20] (docs/spec.md §4 ground truth "
           "reads layers >= 2)");
   require(in_range(p.tokens, 80),
           "--tokens must be in [80, 2^20] (sink token 5 must lie at or "
@@ -138,7 +138,7 @@ std::vector<double> massive_fractions(const SynthParams& p,
   return out;
 }
 
-// SPEC.md §5 considers layers l < round(0.75 L); Python's round is half-to-even, a half-up
+// docs/spec.md §5 considers layers l < round(0.75 L); Python's round is half-to-even, a half-up
 // reading differs at L = 2, 6, 10, ...: take the smaller count so both readings agree.
 int64_t considered_layers(int64_t layers) {
   const double x = 0.75 * static_cast<double>(layers);
@@ -246,7 +246,7 @@ SynthRecording synthesize(const SynthParams& p) {
     const double m = present[static_cast<size_t>(l)];
 
     // Residual stream: unit normal, plus massive activations (>= 1000 and > 250x the typical
-    // token max-abs, SPEC.md §4) at the sink tokens in two channels from the massive layer on.
+    // token max-abs, docs/spec.md §4) at the sink tokens in two channels from the massive layer on.
     std::vector<double> hidden(static_cast<size_t>(T * D));
     for (double& x : hidden) x = rng.normal();
     if (sinks_on)

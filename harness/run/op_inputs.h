@@ -21,7 +21,7 @@ class SplitMix64 {
 
 // [tokens, heads * head_dim] standard normal values; in each head, `outlier_channels` channels
 // (the same ones for every token) are multiplied by `outlier_scale`, as pre-RoPE keys look
-// (SPEC.md §2: outlier channels 10-100x the typical magnitude).
+// (docs/spec.md §2: outlier channels 10-100x the typical magnitude).
 std::vector<float> kv_with_outliers(int64_t tokens, int64_t heads, int64_t head_dim, uint64_t seed,
                                     int64_t outlier_channels, double outlier_scale);
 

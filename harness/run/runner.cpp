@@ -93,7 +93,7 @@ CaseInput make_input(const ScenarioCase& c, Op op) {
                             static_cast<uint64_t>(case_int(c, "seed", 1)),
                             case_int(c, "outlier_channels", op == Op::Fwht ? 0 : 4),
                             case_double(c, "outlier_scale", 30.0));
-    // A planted massive activation (SPEC.md §4: ~1000x the typical magnitude) at a
+    // A planted massive activation (docs/spec.md §4: ~1000x the typical magnitude) at a
     // non-initial token, so the absmax and argmax paths see a clear winner.
     if (op == Op::TokenAbsmax && in.shape.tokens > 2)
       in.x[static_cast<size_t>(in.shape.head_dim + std::min<int64_t>(3, in.shape.head_dim - 1))] =
@@ -133,7 +133,7 @@ RotationParams rotation_params(const ScenarioCase& c, const CaseInput& in) {
   RotationParams p;
   p.head_group = static_cast<int>(case_int(c, "head_group", 4));
   if (case_bool(c, "reorder", true)) {
-    // SPEC.md §2: the permutation is calibrated on the first half of the tokens (at least one)
+    // docs/spec.md §2: the permutation is calibrated on the first half of the tokens (at least one)
     // of this same input, then applied to all of them.
     const int64_t calib = std::max<int64_t>(1, in.shape.tokens / 2);
     const std::span<const float> head(in.x.data(),
@@ -146,7 +146,7 @@ RotationParams rotation_params(const ScenarioCase& c, const CaseInput& in) {
 }
 
 // Synthetic MoE routing: each token routes to top_k consecutive experts from a random first one;
-// expert 1 is planted as a Super Expert (outputs ~50x the others, SPEC.md §5).
+// expert 1 is planted as a Super Expert (outputs ~50x the others, docs/spec.md §5).
 void synthetic_routing(const ScenarioCase& c, Prepared& p) {
   p.experts = case_int(c, "experts", 8);
   p.top_k = std::min(case_int(c, "top_k", 2), p.experts);
@@ -555,7 +555,7 @@ RunSummary run_scenario(const Scenario& scenario, const RunOptions& options) {
       }
 
       const Op op = op_from_name(op_text);
-      // SPEC.md §7: attention is gated by tolerance against the fp64 oracle; the rest bitwise.
+      // docs/spec.md §7: attention is gated by tolerance against the fp64 oracle; the rest bitwise.
       const std::string gate =
           case_string(c, "gate", op == Op::AttentionDecode ? "tolerance" : "exact");
       const double tolerance = case_double(c, "tolerance", 1e-3);

@@ -19,7 +19,7 @@ struct RunOptions {
   std::string command;                // the kvq command line, stored with the run
   // --shard i/n: only the expanded cases whose index in the scenario (counted before `filter`,
   // so a case's shard does not depend on the filter) is i modulo n. Shards 0..n-1 cover every
-  // case exactly once (DESIGN.md "Scale beyond one machine"; merge with `kvq merge`).
+  // case exactly once (docs/design.md "Scale beyond one machine"; merge with `kvq merge`).
   int64_t shard_index = 0, shard_count = 1;
   // Backends beyond backend_registry(), looked up first by name (tests register a deliberately
   // wrong backend here to prove that the checks catch it).

@@ -223,8 +223,8 @@ std::vector<std::string> strings(const toml::node& node, const std::string& wher
   return out;
 }
 
-// The shape rules SPEC.md needs, checked once the sweep is expanded (synthetic shapes are known
-// here; a recording's shapes are checked by the op itself when the case runs).
+// The shape rules docs/spec.md needs, checked once the sweep is expanded (synthetic shapes are
+// known here; a recording's shapes are checked by the op itself when the case runs).
 // `key_at` holds "FILE:LINE:COL" of each key of the [[case]] table.
 void check_case(const ScenarioCase& c, const std::map<std::string, std::string>& key_at) {
   const auto where = [&](const std::string& key) {
@@ -251,11 +251,11 @@ void check_case(const ScenarioCase& c, const std::map<std::string, std::string>&
   if (synthetic && grouped && (heads % g != 0 || !power_of_two(g * head_dim)))
     throw Error(where("head_group") + ": head_group " + std::to_string(g) + " must divide heads " +
                 std::to_string(heads) + " and head_group * head_dim " +
-                std::to_string(g * head_dim) + " must be a power of two (SPEC.md §2)");
+                std::to_string(g * head_dim) + " must be a power of two (docs/spec.md §2)");
   if (synthetic && (op == "rotate_v" || (op == "rotate_quantize" && rotation == "per_head")) &&
       !power_of_two(head_dim))
     throw Error(where("head_dim") + ": " + std::to_string(head_dim) +
-                " is not a power of two (SPEC.md §2)");
+                " is not a power of two (docs/spec.md §2)");
   if (op == "attention_decode" && c.params.contains("q_heads") && synthetic &&
       c.params["q_heads"].get<int64_t>() % heads != 0)
     throw Error(where("q_heads") + ": " + std::to_string(c.params["q_heads"].get<int64_t>()) +
@@ -530,9 +530,9 @@ std::string case_string(const ScenarioCase& c, const std::string& key,
 std::string case_tensor(const ScenarioCase& c) {
   const std::string op = case_string(c, "op", "");
   const std::string fallback = op == "rotate_k" || op == "rotate_quantize"
-                                   ? "k_pre_rope"  // SPEC.md §2: pre-RoPE keys
+                                   ? "k_pre_rope"  // docs/spec.md §2: pre-RoPE keys
                                : op == "rotate_v"     ? "v"
-                               : op == "token_absmax" ? "hidden_in"  // SPEC.md §4
+                               : op == "token_absmax" ? "hidden_in"  // docs/spec.md §4
                                                       : "k";
   return case_string(c, "tensor", fallback);
 }

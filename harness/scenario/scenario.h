@@ -36,7 +36,8 @@ double case_double(const ScenarioCase& c, const std::string& key, double fallbac
 bool case_bool(const ScenarioCase& c, const std::string& key, bool fallback);
 std::string case_string(const ScenarioCase& c, const std::string& key, const std::string& fallback);
 // The recording tensor a case reads (layers.{i}.TENSOR): `tensor`, else by op: k_pre_rope for
-// rotate_k and rotate_quantize (SPEC.md §2), v for rotate_v, hidden_in for token_absmax, else k.
+// rotate_k and rotate_quantize (docs/spec.md §2), v for rotate_v, hidden_in for token_absmax, else
+// k.
 std::string case_tensor(const ScenarioCase& c);
 
 }  // namespace kvq

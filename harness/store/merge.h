@@ -1,5 +1,5 @@
 // `kvq merge`: results stores of several runs (shards of one sweep, a GPU run, other machines)
-// combined into one (DESIGN.md "Scale beyond one machine"). Rows get new ids in the output; a
+// combined into one (docs/design.md "Scale beyond one machine"). Rows get new ids in the output; a
 // run already present (same started time, host, command and scenario hash) is skipped, so
 // merging the same file twice changes nothing.
 #pragma once

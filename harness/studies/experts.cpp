@@ -1,4 +1,4 @@
-// The Super Expert study: SPEC.md §5 selection on a recording, with the numbers behind it.
+// The Super Expert study: docs/spec.md §5 selection on a recording, with the numbers behind it.
 #include "harness/studies/experts.h"
 
 #include <algorithm>
@@ -79,7 +79,7 @@ std::optional<std::vector<LayerExpert>> planted_experts(const SafetensorsFile& f
 
 constexpr size_t kStrongestShown = 3;
 
-// Residual stream of every layer that has hidden_in: massive tokens (SPEC.md §4) strongest
+// Residual stream of every layer that has hidden_in: massive tokens (docs/spec.md §4) strongest
 // first, or the kStrongestShown strongest tokens when none is massive.
 std::vector<ResidualLayer> residual_report(const SafetensorsFile& f, int64_t layers,
                                            const MassiveParams& massive) {
@@ -148,7 +148,7 @@ std::string pairs_string(const std::vector<LayerExpert>& v) {
 }
 
 void print_selection_summary(std::ostream& out, const ExpertStudy& s) {
-  out << "selection (SPEC.md §5): layers 0.." << s.considered_layers - 1 << " of " << s.layers
+  out << "selection (docs/spec.md §5): layers 0.." << s.considered_layers - 1 << " of " << s.layers
       << " (include_layers " << fixed(s.params.selection.include_layers, 2) << "), "
       << s.considered_values << " values (" << s.num_experts << " experts per MoE layer, "
       << (s.num_experts_from_metadata ? "from metadata" : "max routed id + 1")
@@ -170,7 +170,7 @@ void print_residual(std::ostream& out, const ExpertStudy& s) {
     out << "no hidden_in in the recording: no residual-stream report\n";
     return;
   }
-  out << "residual stream (hidden_in) per layer: massive tokens (SPEC.md §4: >= "
+  out << "residual stream (hidden_in) per layer: massive tokens (docs/spec.md §4: >= "
       << fixed(s.params.massive.tau_abs, 0) << " and >= " << fixed(s.params.massive.tau_rel, 0)
       << " x median), else the 3 strongest tokens\n";
   char line[256];
@@ -227,7 +227,7 @@ ExpertStudy run_expert_study(const SafetensorsFile& f, const ExpertStudyParams& 
                 "recording)");
   const std::optional<int64_t> meta = metadata_experts(f);
   s.num_experts_from_metadata = meta.has_value() && *meta > 0;
-  // Never-routed experts count as m = 0 in P99.5 (SPEC.md §5), so the expert count matters;
+  // Never-routed experts count as m = 0 in P99.5 (docs/spec.md §5), so the expert count matters;
   // without metadata only ids up to the largest routed one are known.
   s.num_experts = s.num_experts_from_metadata ? *meta : static_cast<int64_t>(max_id) + 1;
 

@@ -1,4 +1,5 @@
-// `kvq experts`: the Super Experts of a recording (SPEC.md §5) with the numbers that select them
+// `kvq experts`: the Super Experts of a recording (docs/spec.md §5) with the numbers that select
+// them
 // (P99.5, floor(max / 10)), scored against planted super_experts when the metadata has them, and
 // the massive activations in the residual stream that follow them (Super Experts paper: the
 // tokens a Super Expert processes carry the massive activations of later layers).
@@ -21,13 +22,13 @@ class SafetensorsFile;
 class Store;
 
 struct ExpertStudyParams {
-  SuperExpertParams selection;  // SPEC.md §5 defaults (include_layers 0.75)
-  MassiveParams massive;        // SPEC.md §4 defaults, for the residual-stream report
+  SuperExpertParams selection;  // docs/spec.md §5 defaults (include_layers 0.75)
+  MassiveParams massive;        // docs/spec.md §4 defaults, for the residual-stream report
   int64_t top = 8;              // strongest experts listed for context (table output)
 };
 
 // One token of one layer's residual stream (hidden_in): its max |h|, the channel, the ratio to
-// the layer's median token absmax (SPEC.md §4 median) and whether it meets §4's criterion.
+// the layer's median token absmax (docs/spec.md §4 median) and whether it meets §4's criterion.
 struct ResidualToken {
   int64_t token = 0;
   float absmax = 0.0f;
@@ -52,7 +53,7 @@ struct ExpertStudy {
   int64_t considered_layers = 0;
   int64_t considered_values = 0;
   double p99_5 = 0.0, max_all = 0.0, threshold = 0.0;  // threshold = floor(max_all / 10)
-  std::vector<SuperExpert> super_experts;              // SPEC.md §5 output, ranked
+  std::vector<SuperExpert> super_experts;              // docs/spec.md §5 output, ranked
   std::vector<SuperExpert> strongest;  // the `top` largest m of considered layers (rank by m)
   std::optional<std::vector<LayerExpert>> planted;
   std::optional<SetComparison<LayerExpert>> vs_planted;
@@ -88,7 +89,7 @@ std::string expert_study_repro(const ExpertStudy& study);
 // p99_5, threshold, max_all, planted_precision / planted_recall when planted, one
 // se.L<l>.E<e>.max_abs per Super Expert, and per layer with hidden_in residual.L<l>.ratio (its
 // strongest token's max |h| / the layer's median token) and residual.L<l>.massive (tokens meeting
-// SPEC.md §4). details: the Super Experts with token and channel, the residual report, planted
+// docs/spec.md §4). details: the Super Experts with token and channel, the residual report, planted
 // misses and extras.
 StudyOutcome experts_op(const ScenarioCase& c);
 

@@ -1,5 +1,5 @@
-// Memory study (issue 7, SPEC.md §3 "memory per element", §8): KV-cache bytes per token of each
-// method counted from the layouts the reference builds (apply_method's StorageBits on every
+// Memory study (issue 7, docs/spec.md §3 "memory per element", §8): KV-cache bytes per token of
+// each method counted from the layouts the reference builds (apply_method's StorageBits on every
 // layer of a recording: packed codes, fp16 scales and zeros, fp16 kept rows with their token
 // index, sparse outliers, AKVQ-VL's bit map), and for a model shape the largest batch that fits
 // a memory budget at a context length, fp16 vs the method. Scenario op "memory".
@@ -53,7 +53,7 @@ struct MemoryResult {
   double memory_ratio = 0.0;    // (weights + batch x fp16 KV) / (weights + batch x method KV)
   double kv_ratio = 0.0;        // fp16 KV bytes / method KV bytes
 };
-// fp16 KV: 2 bytes per element of K and V (SPEC.md §8's baseline stored as fp16). batch <= 0:
+// fp16 KV: 2 bytes per element of K and V (docs/spec.md §8's baseline stored as fp16). batch <= 0:
 // fp16's max batch, at least 1. Throws kvq::Error when the weights do not fit the budget or the
 // storage's channels differ from the model's.
 MemoryResult memory_at_context(const MethodStorage& storage, const MemoryModel& model,

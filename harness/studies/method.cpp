@@ -59,7 +59,7 @@ struct MethodMetrics {
 };
 
 
-// SPEC.md §9 perplexity inputs, loaded once per (model, tokenizer, text) in the process.
+// docs/spec.md §9 perplexity inputs, loaded once per (model, tokenizer, text) in the process.
 struct PplSource {
   std::shared_ptr<const Model> model;
   std::vector<int32_t> ids;  // the whole text, encoded once
@@ -78,7 +78,8 @@ const PplSource& ppl_source(const std::string& model_path, const std::string& to
   return sources[key] = std::move(source);
 }
 
-// ppl and ppl_fp32 (SPEC.md §9, as harness/model/perplexity.h and `kvq ppl` run it): the text's
+// ppl and ppl_fp32 (docs/spec.md §9, as harness/model/perplexity.h and `kvq ppl` run it): the
+// text's
 // first `ppl_tokens` ids (default all) in chunks of BOS + ppl_window - 1 (default W = 256), the
 // method's calibration on the fp32 activations of the first chunk. The fp32 baseline is computed
 // once per (model, tokenizer, text, ppl_tokens, ppl_window) in the process.
@@ -212,7 +213,7 @@ StudyOutcome method_study(const ScenarioCase& c) {
     }
     m.bits += applied.k.storage.total() + applied.v.storage.total();
     m.elements += applied.k.storage.elements + applied.v.storage.elements;
-    // SPEC.md §7/§8: the newest token's query over the method's cache vs the fp32 cache, both
+    // docs/spec.md §7/§8: the newest token's query over the method's cache vs the fp32 cache, both
     // with the fp64 oracle so the difference is the method's alone.
     const size_t row = static_cast<size_t>(t.q_heads * t.shape.head_dim);
     const std::span<const float> q = t.q.subspan(t.q.size() - row, row);
@@ -227,7 +228,7 @@ StudyOutcome method_study(const ScenarioCase& c) {
       m.attention_err2 += (got[i] - want[i]) * (got[i] - want[i]);
       m.attention_ref2 += want[i] * want[i];
     }
-    // score_kl over the keys attention reads (the cache's reconstruction, SPEC.md §7).
+    // score_kl over the keys attention reads (the cache's reconstruction, docs/spec.md §7).
     m.kl_sum += attention_score_kl(q, t.q_heads, t.shape, t.k, reconstruct_keys(applied.cache));
   }
   const double seconds =

@@ -1,8 +1,8 @@
-// Study op "method" (SPEC.md §8 accuracy): a method applied to every layer of a recording (a
+// Study op "method" (docs/spec.md §8 accuracy): a method applied to every layer of a recording (a
 // .safetensors path, a synthetic one from harness/synth, or a llama2.c recording made on the fly,
 // harness/recording/case_recording.h), measured against the fp32 cache on the reference. With a
-// `model` key, also the SPEC.md §9 perplexity of that model with the method's cache and the fp32
-// one.
+// `model` key, also the docs/spec.md §9 perplexity of that model with the method's cache and the
+// fp32 one.
 #pragma once
 
 #include <cstdint>

@@ -1,8 +1,9 @@
-// Super Expert pruning study (SPEC.md §5 "Study"): zero one expert's output in the synthetic MoE
-// (harness/synth: the massive activations are caused by the planted Super Experts and the sinks
-// follow from them) and report the change of the residual-stream massive activations (SPEC.md
+// Super Expert pruning study (docs/spec.md §5 "Study"): zero one expert's output in the synthetic
+// MoE (harness/synth: the massive activations are caused by the planted Super Experts and the sinks
+// follow from them) and report the change of the residual-stream massive activations (docs/spec.md
 // §4 criterion, per layer, with the largest token's ratio to the median) and of the attention
-// mass the planted sinks receive (SPEC.md §4 ground-truth score). Scenario op "expert_pruning".
+// mass the planted sinks receive (docs/spec.md §4 ground-truth score). Scenario op
+// "expert_pruning".
 #pragma once
 
 #include <cstdint>
@@ -19,7 +20,7 @@ namespace kvq {
 // One recording's massive activations and sink attention.
 struct LayerMassive {
   int64_t layer = 0;
-  std::vector<MassiveToken> massive;  // SPEC.md §4 criterion, token order
+  std::vector<MassiveToken> massive;  // docs/spec.md §4 criterion, token order
   float max_absmax = 0.0f;            // largest token absmax of the layer
   int32_t max_token = 0;              // its token (lowest on ties)
   double max_ratio = 0.0;             // max_absmax / median_floor(token absmax)
@@ -28,15 +29,15 @@ struct PruningState {
   std::vector<LayerMassive> layers;
   int64_t massive = 0;              // massive (layer, token) pairs over all layers
   double max_ratio = 0.0;           // largest per-layer max_ratio
-  std::vector<double> sink_scores;  // SPEC.md §4 score of each planted sink token
+  std::vector<double> sink_scores;  // docs/spec.md §4 score of each planted sink token
   double sink_mass = 0.0;           // mean of sink_scores
   int64_t sinks = 0;                // tokens whose score reaches tau_mass (ground-truth sinks)
 };
 
 struct PruningParams {
   SynthParams synth;       // the unpruned model (experts > 0); pruned_experts is ignored
-  MassiveParams massive;   // SPEC.md §4 defaults
-  SinkScoreParams scores;  // SPEC.md §4 defaults
+  MassiveParams massive;   // docs/spec.md §4 defaults
+  SinkScoreParams scores;  // docs/spec.md §4 defaults
 };
 
 // What is pruned: "se<N>" (the N-th planted Super Expert by peak, from 1), "all_se" (every

@@ -1,4 +1,4 @@
-// The sink study: SPEC.md §4's predictors scored against its attention-mass ground truth.
+// The sink study: docs/spec.md §4's predictors scored against its attention-mass ground truth.
 #include "harness/studies/sinks.h"
 
 #include <algorithm>
@@ -132,7 +132,7 @@ SinkStudy run_sink_study(const SafetensorsFile& f, const SinkStudyParams& params
                 " are not a multiple of KV heads " + std::to_string(s.kv_heads));
   if (s.tokens < s.score_params.tail)
     throw Error(f.path() + ": " + std::to_string(s.tokens) + " tokens; the sink ground truth " +
-                "(SPEC.md §4) scores tokens j <= T - " + std::to_string(s.score_params.tail) +
+                "(docs/spec.md §4) scores tokens j <= T - " + std::to_string(s.score_params.tail) +
                 " and needs T >= " + std::to_string(s.score_params.tail));
 
   std::vector<std::vector<float>> q(static_cast<size_t>(s.layers)),
@@ -162,7 +162,7 @@ SinkStudy run_sink_study(const SafetensorsFile& f, const SinkStudyParams& params
   if (s.planted) s.truth_vs_planted = compare_sets(*s.planted, truth);
 
   // Scored range: the ground truth defines sink-ness only for j <= T - tail, so a prediction
-  // beyond it is listed as unscored rather than counted as extra (SPEC.md §4 note in report).
+  // beyond it is listed as unscored rather than counted as extra (docs/spec.md §4 note in report).
   const auto scored = static_cast<int64_t>(s.truth.score.size());
   const auto add = [&](std::string name, std::string rule, const std::vector<int64_t>& predicted) {
     SinkPredictor p;
@@ -288,7 +288,7 @@ void print_sink_study(std::ostream& out, const SinkStudy& s, const std::string& 
 
   out << s.path << ": " << s.layers << " layers, " << s.tokens << " tokens, " << s.q_heads << "/"
       << s.kv_heads << " heads of " << s.head_dim << ", hidden " << s.hidden << "\n";
-  out << "ground truth (SPEC.md §4): mean over layers >= " << s.score_params.first_layer
+  out << "ground truth (docs/spec.md §4): mean over layers >= " << s.score_params.first_layer
       << ", all heads, queries i >= j + " << s.score_params.min_distance
       << " of A[i,j]*(i+1), fp64; tokens 0.." << s.truth.score.size() - 1
       << " scored; sink if score >= " << fixed(s.params.tau_mass, 2) << ": "
@@ -409,7 +409,7 @@ std::string number(double v) {
 StudyOutcome sinks_op(const ScenarioCase& c) {
   SinkStudyParams p;
   p.tau_mass = case_double(c, "tau_mass", p.tau_mass);
-  p.pfn = {case_int(c, "pfn", 1)};  // SPEC.md §4 default N = 1; a scenario sweeps [1, 4]
+  p.pfn = {case_int(c, "pfn", 1)};  // docs/spec.md §4 default N = 1; a scenario sweeps [1, 4]
   p.massive.tau_abs = static_cast<float>(case_double(c, "tau_abs", p.massive.tau_abs));
   p.massive.tau_rel = static_cast<float>(case_double(c, "tau_rel", p.massive.tau_rel));
   p.massive.rule = parse_massive_rule(case_string(c, "massive_rule", "token"));

@@ -1,4 +1,5 @@
-// `kvq sinks`: scores every sink predictor of SPEC.md §4 (PFN, massive activations, pivot tokens,
+// `kvq sinks`: scores every sink predictor of docs/spec.md §4 (PFN, massive activations, pivot
+// tokens,
 // KVSink) on one recording against the attention-mass ground truth recomputed in fp64 from its
 // q and k, and against the planted sinks when the recording's metadata has them (kvq synth).
 // Decisions are compared as sets with the mismatches listed (STYLE.md rule 13).
@@ -20,12 +21,12 @@ class SafetensorsFile;
 class Store;
 
 struct SinkStudyParams {
-  double tau_mass = 5.0;             // SPEC.md §4 default
+  double tau_mass = 5.0;             // docs/spec.md §4 default
   std::vector<int64_t> pfn = {1, 4};  // PFN N values (1 default, 4 StreamingLLM)
   int64_t top = 10;                  // ground-truth scores printed for the top tokens
-  MassiveParams massive;             // SPEC.md §4 defaults
-  int64_t pivot_top_k = 20;          // SPEC.md §4 default k
-  KvSinkParams kvsink;               // SPEC.md §4 defaults; its .massive is replaced by massive
+  MassiveParams massive;             // docs/spec.md §4 defaults
+  int64_t pivot_top_k = 20;          // docs/spec.md §4 default k
+  KvSinkParams kvsink;               // docs/spec.md §4 defaults; .massive is replaced by massive
 };
 
 struct SinkPredictor {

@@ -14,11 +14,11 @@ namespace kvq {
 namespace {
 
 // Keys that make a llama2.c model an input (input = "model", harness/recording/case_recording.h)
-// or, for op method, a perplexity (SPEC.md §9).
+// or, for op method, a perplexity (docs/spec.md §9).
 const StudyKey kModel{"model", KeyType::Path};
 const StudyKey kTokenizer{"tokenizer", KeyType::Path};
 const StudyKey kText{"text", KeyType::Path};
-// SPEC.md §4 massive-activation criterion, read by sinks and experts.
+// docs/spec.md §4 massive-activation criterion, read by sinks and experts.
 const StudyKey kTauAbs{"tau_abs", KeyType::Double};
 const StudyKey kTauRel{"tau_rel", KeyType::Double};
 const StudyKey kMassiveRule{"massive_rule", KeyType::String};  // "token" (default) or "channel"

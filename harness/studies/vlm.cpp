@@ -83,7 +83,7 @@ std::vector<float> mixed_reconstruct(std::span<const float> x, const KvShape& sh
   if (static_cast<int64_t>(bits.size()) != T)
     throw Error("vlm: " + std::to_string(bits.size()) + " bit widths for " + std::to_string(T) +
                 " tokens");
-  const std::vector<float> rotated = rotate_v(x, shape);  // per-head WHT (AKVQ-VL, SPEC.md §8)
+  const std::vector<float> rotated = rotate_v(x, shape);  // per-head WHT (AKVQ-VL, docs/spec.md §8)
   std::vector<float> stored(rotated.size());
   int64_t storage = 0;
   for (int b : {1, 2, 3, 4, 8}) {
@@ -155,7 +155,7 @@ VlmStudy run_vlm_study(const RecordingLayers& rec, const VlmParams& params) {
   ap.bits_hi = params.bits_hi;
   ap.bits_lo = params.bits;
 
-  // Pass 1: SPEC.md §6's allocation of every layer, so the uniform width that spends at least
+  // Pass 1: docs/spec.md §6's allocation of every layer, so the uniform width that spends at least
   // its average bits is known before anything is quantized.
   std::vector<std::vector<double>> received(static_cast<size_t>(L));
   std::vector<BitAllocation> spec(static_cast<size_t>(L));
@@ -273,7 +273,7 @@ StudyOutcome vlm_study_case(const ScenarioCase& c) {
   add("uniform_bits_per_element", static_cast<double>(uniform_storage) / elements, "bits");
   add("spec_bits_per_element", static_cast<double>(spec_storage) / elements, "bits");
   add("akvq_beats_uniform", s.akvq.relative() < s.uniform.relative() ? 1.0 : 0.0, "bool");
-  // SPEC.md §6's allocation against the narrowest uniform width that spends at least its bits.
+  // docs/spec.md §6's allocation against the narrowest uniform width that spends at least its bits.
   add("uniform_above_bits", static_cast<double>(s.above_bits), "bits");
   add("uniform_above_attention_rel_error", s.above.relative(), "ratio");
   add("uniform_above_bits_per_element", static_cast<double>(above_storage) / elements, "bits");

@@ -1,15 +1,15 @@
-// AKVQ-VL attention-aware bit allocation (SPEC.md §6) against uniform quantization at EQUAL
+// AKVQ-VL attention-aware bit allocation (docs/spec.md §6) against uniform quantization at EQUAL
 // average bits, on a modality-tagged recording: attention-output relative error of both, per
 // layer and overall, against the fp64 attention of the unquantized K and V. Scenario op "vlm".
 //
-// Both quantize K (post-RoPE, SPEC.md §8) and V after a per-head WHT, per token with groups of
-// G channels. Uniform: every token at `bits`. AKVQ-VL (budgeted): SPEC.md §6 chooses the salient
-// tokens (text tokens in TSA layers, pivots in PSA layers); they are promoted to bits_hi in
+// Both quantize K (post-RoPE, docs/spec.md §8) and V after a per-head WHT, per token with groups of
+// G channels. Uniform: every token at `bits`. AKVQ-VL (budgeted): docs/spec.md §6 chooses the
+// salient tokens (text tokens in TSA layers, pivots in PSA layers); they are promoted to bits_hi in
 // descending order of received attention, each promotion paid for by demoting (bits_hi - bits) /
 // (bits - bits_pay) of the least-attended non-salient tokens to bits_pay, for as long as
 // non-salient tokens remain; so the code bits of every layer sum to exactly bits x T (equal
 // average bits, enforced per layer; with token-axis groups the scales and zeros are equal too,
-// and only AKVQ-VL's bit-width map, 8 bits per token, differs). SPEC.md §6's own allocation
+// and only AKVQ-VL's bit-width map, 8 bits per token, differs). docs/spec.md §6's own allocation
 // (salient at bits_hi, all others at bits, average above `bits`) is reported beside, as "spec",
 // against "above": uniform at the narrowest width that spends at least spec's average code bits
 // (fewer bits and a lower error is the paper's claim in its fair form).
@@ -27,10 +27,10 @@ namespace kvq {
 
 struct VlmParams {
   int bits = 2;          // uniform width and the average AKVQ-VL must meet
-  int bits_hi = 8;       // salient tokens (SPEC.md §6 b_hi)
+  int bits_hi = 8;       // salient tokens (docs/spec.md §6 b_hi)
   int bits_pay = 1;      // demoted tokens (pay for the salient ones); the op: bits - 1
-  int64_t group = 128;   // G, token axis (SPEC.md §3)
-  AllocationParams allocation;  // TSA/PSA split and pivot rule (SPEC.md §6 defaults)
+  int64_t group = 128;   // G, token axis (docs/spec.md §3)
+  AllocationParams allocation;  // TSA/PSA split and pivot rule (docs/spec.md §6 defaults)
 };
 
 // Per-token widths with sum == bits * T exactly (see above); `salient` ascending, `received`

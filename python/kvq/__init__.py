@@ -48,7 +48,7 @@ def _device_op(name, backend, x):
 
 
 def fwht(x, n, backend="ref"):
-    """Normalized fast Walsh-Hadamard transform (SPEC.md §1) of every block of n values of x
+    """Normalized fast Walsh-Hadamard transform (docs/spec.md §1) of every block of n values of x
     (float32, size a multiple of n, n a power of two up to 32768). Returns a new array."""
     if is_cuda_tensor(x):
         return _device_op("fwht", backend, x)(x, n)
@@ -64,7 +64,7 @@ def reorder(x, perm, backend="ref"):
 
 
 def rotate_k(k_pre_rope, head_group=4, perm=None, backend="ref"):
-    """RotateKV's key rotation (SPEC.md §2) of pre-RoPE keys [T, H, d]: FWHT over each group of
+    """RotateKV's key rotation (docs/spec.md §2) of pre-RoPE keys [T, H, d]: FWHT over each group of
     head_group heads (g*d a power of two), then the channel reorder perm (int32 [H*d])."""
     if is_cuda_tensor(k_pre_rope):
         return _device_op("rotate_k", backend, k_pre_rope)(k_pre_rope, head_group, perm)
@@ -74,7 +74,7 @@ def rotate_k(k_pre_rope, head_group=4, perm=None, backend="ref"):
 
 
 def rotate_v(v, backend="ref"):
-    """Per-head FWHT of values [T, H, d] (SPEC.md §2); self-inverse."""
+    """Per-head FWHT of values [T, H, d] (docs/spec.md §2); self-inverse."""
     if is_cuda_tensor(v):
         return _device_op("rotate_v", backend, v)(v)
     a, t = to_host(v, "rotate_v v")
@@ -82,7 +82,7 @@ def rotate_v(v, backend="ref"):
 
 
 def quantize(x, bits, group=128, axis="token", clip=1.0, zero_point="float", backend="ref"):
-    """Asymmetric uniform quantization with packing (SPEC.md §3) of float32 x [rows, cols]:
+    """Asymmetric uniform quantization with packing (docs/spec.md §3) of float32 x [rows, cols]:
     groups of `group` channels of a row (axis 'token') or rows of a column (axis 'channel'),
     codes clipped by `clip`, fp16 scale and zero ('float') or uint8 zero ('int') per group.
     Returns a kvq.Quantized (codes, scale, zero, zero_int as numpy arrays)."""
@@ -117,14 +117,14 @@ def rotate_quantize(kv, rotation="key_grouped", head_group=4, perm=None, bits=2,
 
 def token_absmax(hidden, backend="ref"):
     """(absmax [T], argmax [T] int32) of hidden [T, hidden]: each row's max |h| and its lowest
-    channel (SPEC.md §4)."""
+    channel (docs/spec.md §4)."""
     a, t = to_host(hidden, "token_absmax hidden")
     absmax, argmax = _kvq.token_absmax(a, backend)
     return back(absmax, t), back(argmax, t)
 
 
 def attention_decode(q, cache, backend="ref"):
-    """Decode attention (SPEC.md §7, a tolerance op) of the newest position's post-RoPE query
+    """Decode attention (docs/spec.md §7, a tolerance op) of the newest position's post-RoPE query
     q [q_heads, d] over a kvq.DecodeCache (e.g. apply_method(...).cache)."""
     a, t = to_host(q, "attention_decode q")
     return back(_kvq.attention_decode(a, cache, backend), t)
@@ -156,7 +156,7 @@ def calibrate(layers, method, bits=2, **params):
 
 
 def apply_method(layer, index, layers, calibration, method, bits=2, **params):
-    """Whole-layer apply (SPEC.md §8) of layer `index` of `layers`: a kvq.AppliedLayer with
+    """Whole-layer apply (docs/spec.md §8) of layer `index` of `layers`: a kvq.AppliedLayer with
     k / v (parts, kept, outliers, storage), k_dequant() / v_dequant() and .cache."""
     return _kvq.apply_method(_layer_arrays(layer, index), index, layers, calibration,
                              _params(method, bits, params))

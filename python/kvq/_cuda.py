@@ -1,6 +1,6 @@
 """CUDA tensors with backend='cuda': kvq._kvq.cuda's DLPack functions, results as torch CUDA
 tensors (torch.from_dlpack, no copy) and kvq._kvq.cuda.DeviceQuantized. The input's finiteness
-(SPEC.md §0) is checked here on the device, with the reference's message; the one value read
+(docs/spec.md §0) is checked here on the device, with the reference's message; the one value read
 back is the index of a bad element."""
 import torch
 

@@ -6,7 +6,7 @@
 
 KvqCache is a transformers `Cache` whose layers are `DynamicLayer`s: each update() appends the
 new tokens to one kvq.IncrementalCache per (layer, sequence) (reference/methods.h, the cache of
-`kvq ppl`, SPEC.md §9) and returns the dequantized K and V it reconstructs, so attention reads
+`kvq ppl`, docs/spec.md §9) and returns the dequantized K and V it reconstructs, so attention reads
 what the method stores, token by token as it arrives.
 
 What the methods read, taken as tools/record_hf.py takes it:
@@ -196,7 +196,7 @@ class KvqLayer(DynamicLayer):
         return x.to(like.device, like.dtype)
 
     def storage(self):
-        """(stored bits, K and V elements) over every sequence of this layer (SPEC.md §3)."""
+        """(stored bits, K and V elements) over every sequence of this layer (docs/spec.md §3)."""
         bits = elements = 0
         for c in self.caches if self.is_initialized else []:
             for s in (c.k_storage(), c.v_storage()):

@@ -2,7 +2,7 @@
 
     python -m kvq.ppl --model DIR --text wikitext2-test.txt --method rtn,kivi,rotatekv --bits 2,4
 
-The protocol of `kvq ppl` (SPEC.md §9) and the papers': the whole text (WikiText-2 as its
+The protocol of `kvq ppl` (docs/spec.md §9) and the papers': the whole text (WikiText-2 as its
 "\\n\\n"-joined test split) tokenized once, cut into chunks of W - 1 tokens each with BOS in
 front (W tokens when the model has no BOS), every chunk run from an empty cache; PPL =
 exp(sum NLL / N) over every predicted token, NLL in fp64 from the model's logits. The fp32 cache
@@ -196,7 +196,7 @@ def cases_of(args):
             except ValueError as e:
                 raise _kvq.Error(f"ppl: --bits value '{b}' is not an integer") from e
             if bits not in (1, 2, 3, 4, 8):
-                raise _kvq.Error(f"ppl: --bits {b} is not one of 1, 2, 3, 4, 8 (SPEC.md §3)")
+                raise _kvq.Error(f"ppl: --bits {b} is not one of 1, 2, 3, 4, 8 (docs/spec.md §3)")
             cases.append(_kvq.MethodParams(name, bits, group=args.group))
     return cases
 

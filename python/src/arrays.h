@@ -1,7 +1,7 @@
 // numpy <-> kvq spans for the bindings. Inputs must already have the dtype an op reads (float32,
 // or float16 where the op widens it): a float64 array is an error, not a silent rounding, since
-// kvq's ops are defined bit for bit on their fp32 inputs (SPEC.md §0). Non-contiguous inputs are
-// copied to C order; outputs are new arrays that own the result vector (no extra copy).
+// kvq's ops are defined bit for bit on their fp32 inputs (docs/spec.md §0). Non-contiguous inputs
+// are copied to C order; outputs are new arrays that own the result vector (no extra copy).
 #pragma once
 
 #include <pybind11/numpy.h>

@@ -1,4 +1,4 @@
-// The methods of SPEC.md §8 (reference/methods.h): parameters, recording-level calibration,
+// The methods of docs/spec.md §8 (reference/methods.h): parameters, recording-level calibration,
 // whole-layer apply (what `kvq apply` writes) and the per-token IncrementalCache of `kvq ppl`.
 #include <pybind11/stl.h>
 
@@ -82,7 +82,7 @@ py::dict storage_dict(const StorageBits& s) {
 
 void bind_params(py::module_& m) {
   py::class_<MethodParams>(m, "MethodParams",
-                           "Parameters of a KV-cache method (SPEC.md §8); defaults as the spec's.")
+                           "Parameters of a KV-cache method (docs/spec.md §8); defaults as the spec's.")
       .def(py::init([](const std::string& method, int bits, py::kwargs kw) {
              MethodParams p;
              p.method = parse_method(method);
@@ -175,7 +175,7 @@ void bind_applied(py::module_& m) {
                                {static_cast<int64_t>(t.outliers.value.size())});
       })
       .def_property_readonly("storage", [](const AppliedTensor& t) { return storage_dict(t.storage); },
-                             "bits of the stored layout (SPEC.md §3)");
+                             "bits of the stored layout (docs/spec.md §3)");
 
   py::class_<AppliedLayer>(m, "AppliedLayer", "One layer after a method (kvq apply's output).")
       .def_readonly("k", &AppliedLayer::k)
@@ -253,7 +253,7 @@ void bind_methods(py::module_& m) {
 
   py::class_<IncrementalCache>(
       m, "IncrementalCache",
-      "One layer's per-token cache of `kvq ppl` (SPEC.md §9): each appended K/V row goes "
+      "One layer's per-token cache of `kvq ppl` (docs/spec.md §9): each appended K/V row goes "
       "through the method; keys() / values() are what attention reads.")
       .def(py::init([](const MethodParams& params, int64_t kv_heads, int64_t head_dim,
                        int64_t layer, int64_t layers, const py::object& k_perm,

@@ -91,7 +91,7 @@ void bind_ops(py::module_& m) {
 
   py::class_<Quantized>(m, "Quantized",
                         "Packed codes, fp16 scales and zeros of one quantized [rows, cols] "
-                        "tensor (SPEC.md §3): groups in memory order of their first element.")
+                        "tensor (docs/spec.md §3): groups in memory order of their first element.")
       .def(py::init([](int64_t rows, int64_t cols, int bits, int64_t group,
                        const std::string& axis, float clip, const std::string& zero_point,
                        const py::object& codes, const py::object& scale, const py::object& zero,
@@ -154,7 +154,7 @@ void bind_ops(py::module_& m) {
         return f32_output(std::move(out), a);
       },
       py::arg("x"), py::arg("n"), py::arg("backend") = "ref",
-      "Normalized FWHT (SPEC.md §1) of every consecutive block of n values of float32 x; "
+      "Normalized FWHT (docs/spec.md §1) of every consecutive block of n values of float32 x; "
       "returns a new array of x's shape.");
 
   m.def(
@@ -172,7 +172,7 @@ void bind_ops(py::module_& m) {
         return f32_output(std::move(out), a);
       },
       py::arg("x"), py::arg("perm"), py::arg("backend") = "ref",
-      "out[t, j] = x[t, perm[j]] over rows of len(perm) channels (SPEC.md §2).");
+      "out[t, j] = x[t, perm[j]] over rows of len(perm) channels (docs/spec.md §2).");
 
   m.def(
       "rotate_k",
@@ -190,7 +190,7 @@ void bind_ops(py::module_& m) {
       },
       py::arg("k_pre_rope"), py::arg("head_group") = 4, py::arg("perm") = py::none(),
       py::arg("backend") = "ref",
-      "RotateKV key rotation (SPEC.md §2): grouped-head FWHT of pre-RoPE keys [T, H, d], then "
+      "RotateKV key rotation (docs/spec.md §2): grouped-head FWHT of pre-RoPE keys [T, H, d], then "
       "the channel reorder perm (int32 [H*d]) if given.");
 
   m.def(
@@ -207,7 +207,7 @@ void bind_ops(py::module_& m) {
         return f32_output(std::move(out), a);
       },
       py::arg("v"), py::arg("backend") = "ref",
-      "Per-head FWHT of values [T, H, d] (SPEC.md §2); self-inverse.");
+      "Per-head FWHT of values [T, H, d] (docs/spec.md §2); self-inverse.");
 
   m.def(
       "quantize",
@@ -223,7 +223,7 @@ void bind_ops(py::module_& m) {
       },
       py::arg("x"), py::arg("bits"), py::arg("group") = 128, py::arg("axis") = "token",
       py::arg("clip") = 1.0f, py::arg("zero_point") = "float", py::arg("backend") = "ref",
-      "Asymmetric uniform quantization with packing of float32 x [rows, cols] (SPEC.md §3): "
+      "Asymmetric uniform quantization with packing of float32 x [rows, cols] (docs/spec.md §3): "
       "groups of G along the token axis (G channels of a row) or the channel axis (G rows of a "
       "column). Returns a kvq.Quantized.");
 
@@ -286,11 +286,11 @@ void bind_ops(py::module_& m) {
         return py::make_tuple(output(std::move(r.absmax), s), output(std::move(r.argmax), s));
       },
       py::arg("hidden"), py::arg("backend") = "ref",
-      "Per row of hidden [tokens, hidden]: (max |h|, its lowest channel) (SPEC.md §4).");
+      "Per row of hidden [tokens, hidden]: (max |h|, its lowest channel) (docs/spec.md §4).");
 
   py::class_<DecodeCache>(m, "DecodeCache",
                           "One layer's quantized KV cache as decode attention reads it "
-                          "(SPEC.md §7); apply_method returns one per layer.")
+                          "(docs/spec.md §7); apply_method returns one per layer.")
       .def(py::init([](Quantized k, Quantized v, int64_t heads, int64_t head_dim,
                        const std::string& k_rotation, int head_group, const py::object& perm,
                        bool v_hadamard, bool k_pre_rope, float rope_theta, const py::object& kept,
@@ -347,7 +347,7 @@ void bind_ops(py::module_& m) {
       },
       py::arg("q"), py::arg("cache"), py::arg("backend") = "ref",
       "Decode attention of the newest position's post-RoPE query q [q_heads, head_dim] over a "
-      "kvq.DecodeCache (SPEC.md §7, a tolerance op); returns [q_heads, head_dim].");
+      "kvq.DecodeCache (docs/spec.md §7, a tolerance op); returns [q_heads, head_dim].");
 
   m.def(
       "attention_decode_oracle",
