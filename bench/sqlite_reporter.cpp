@@ -45,8 +45,12 @@ void SqliteReporter::ReportRuns(const std::vector<Run>& runs) {
       continue;
     }
     if (run.iterations <= 0) continue;
-    samples_[run.run_name.function_name].seconds.push_back(run.real_accumulated_time /
-                                                           static_cast<double>(run.iterations));
+    Samples& s = samples_[run.run_name.function_name];
+    if (s.seconds.empty()) {  // progress: one line per measured (case, backend), as it finishes
+      std::fprintf(stderr, "kvq bench: [%zu/%zu] %s\n", samples_.size(), entries_.size(),
+                   run.run_name.function_name.c_str());
+    }
+    s.seconds.push_back(run.real_accumulated_time / static_cast<double>(run.iterations));
   }
 }
 

@@ -1,6 +1,8 @@
 // A Google Benchmark reporter that writes every measurement of `kvq bench` into the results
-// store (harness/store/store.h) and prints one table line per (case, backend). It is the only
-// writer: the numbers in SQLite are Google Benchmark's own repetitions, never a second timing loop.
+// store (harness/store/store.h) and prints one table line per (case, backend); while the
+// benchmarks run it prints one progress line per finished (case, backend) to stderr. It is the
+// only writer: the numbers in SQLite are Google Benchmark's own repetitions, never a second
+// timing loop.
 #pragma once
 
 #include <benchmark/benchmark.h>

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -119,6 +120,60 @@ TEST_CASE("cli: SUBCOMMAND --help exits 0 for run, gate, report and backends") {
     INFO(sub << ": " << r.err);
     CHECK(r.status == 0);
     CHECK_THAT(r.out, Contains(std::string("kvq ") + sub));
+  }
+}
+
+TEST_CASE("cli: help SUB prints exactly what SUB --help prints, for every subcommand") {
+  const fs::path dir = fresh_dir("helpsub");
+  for (const kvq::Subcommand& sub : kvq::subcommands()) {
+    const Result direct = run_kvq(dir, {sub.name, "--help"});
+    const Result via_help = run_kvq(dir, {"help", sub.name});
+    INFO(sub.name << ": " << via_help.err);
+    CHECK(direct.status == 0);
+    CHECK(via_help.status == 0);
+    CHECK_FALSE(direct.out.empty());
+    CHECK(via_help.out == direct.out);
+  }
+  const Result unknown = run_kvq(dir, {"help", "frobnicate"});
+  CHECK(unknown.status == 2);
+  CHECK_THAT(unknown.err, StartsWith("kvq: unknown subcommand 'frobnicate'"));
+}
+
+// Runs `git -C SOURCE_ROOT ARGS` and returns its first output line ("" when git fails).
+std::string git_line(const std::string& args) {
+  const char* root = std::getenv("KVQ_SOURCE_ROOT");
+  REQUIRE(root != nullptr);  // set by meson test
+  const std::string command = "git -C " + quote(root) + " " + args + " 2>/dev/null";
+  FILE* pipe = ::popen(command.c_str(), "r");
+  REQUIRE(pipe != nullptr);
+  char buffer[256] = {};
+  const bool got = std::fgets(buffer, sizeof buffer, pipe) != nullptr;
+  const int status = ::pclose(pipe);
+  std::string line = got && status == 0 ? buffer : "";
+  if (!line.empty() && line.back() == '\n') line.pop_back();
+  return line;
+}
+
+TEST_CASE("cli: --version prints the meson project version and the build's git revision") {
+  const Result r = run_kvq(fresh_dir("version"), {"--version"});
+  CHECK(r.status == 0);
+  CHECK(r.err.empty());
+  // The version as meson.build declares it, read here from the file itself.
+  const std::string meson = read_file(fs::path(std::getenv("KVQ_SOURCE_ROOT")) / "meson.build");
+  const size_t at = meson.find(" version: '");
+  REQUIRE(at != std::string::npos);
+  const std::string version = meson.substr(at + 11, meson.find('\'', at + 11) - at - 11);
+  REQUIRE_THAT(r.out, StartsWith("kvq " + version + " (git "));
+  const std::string revision = r.out.substr(("kvq " + version + " (git ").size());
+  // meson test rebuilds first, so the binary is built from the checkout's HEAD.
+  const std::string head = git_line("rev-parse --short=12 HEAD");
+  if (head.empty()) {
+    CHECK(revision == "unknown)\n");
+  } else {
+    const std::string dirty = git_line("status --porcelain --untracked-files=no").empty()
+                                  ? ""
+                                  : "-dirty";
+    CHECK(revision == head + dirty + ")\n");
   }
 }
 

@@ -35,7 +35,10 @@ import sqlite3
 import statistics
 import sys
 
-import torch
+try:
+    import torch
+except ImportError:  # reported by main() as one line, exit 2
+    torch = None
 
 
 def timeit(fn, reps=30, warmup=5):
@@ -171,6 +174,15 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--kivi", metavar="DIR", help="KIVI's quant/ folder: build and time its kernels")
     args = ap.parse_args()
+    # Without PyTorch or a CUDA device there is nothing to measure: one line, exit 2.
+    if torch is None:
+        print("torch_peers: PyTorch is not installed (the .venv-hf of scripts/install-deps.sh "
+              "--hf has it: .venv-hf/bin/python3 tools/torch_peers.py)", file=sys.stderr)
+        sys.exit(2)
+    if not torch.cuda.is_available():
+        print(f"torch_peers: no CUDA device (torch {torch.__version__}: "
+              "torch.cuda.is_available() is False); nothing measured", file=sys.stderr)
+        sys.exit(2)
     dev = torch.device("cuda")
     name = torch.cuda.get_device_name(0)
     rows = []  # (case name, op, params, bytes read+written, seconds, spread, reps, extras)

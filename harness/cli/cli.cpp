@@ -24,7 +24,8 @@ constexpr Subcommand kSubcommands[] = {
      "kvq gate scenarios/ci.toml", cmd_gate},
     {"backends", "list the backends available here and why others are not", "kvq backends",
      cmd_backends},
-    {"apply", "apply a method of docs/spec.md §8 to every layer of a recording, write codes + dequant",
+    {"apply",
+     "apply a method of docs/spec.md §8 to every layer of a recording, write codes + dequant",
      "kvq apply --method rotatekv --bits 2 --in rec.safetensors --out applied.safetensors",
      cmd_apply},
     {"report", "named queries over the results database (table, CSV or JSON)",
@@ -34,25 +35,26 @@ constexpr Subcommand kSubcommands[] = {
     {"synth", "write a synthetic recording with planted sinks, outliers and Super Experts",
      "kvq synth --out synth.safetensors --seed 1", cmd_synth},
     {"record", "run a llama2.c model over text and record its activations",
-     "kvq record --model stories260K.bin --tokenizer tok512.bin --text t.txt --tokens 256 "
-     "--out rec.safetensors",
+     "kvq record --model data/stories260K.bin --tokenizer data/tok512.bin "
+     "--text data/tinystories-sample.txt --tokens 256 --out rec.safetensors",
      cmd_record},
     {"ppl", "perplexity of a llama2.c model with its KV cache passed through a method",
-     "kvq ppl --model stories260K.bin --tokenizer tok512.bin --text t.txt --method rotatekv "
-     "--bits 2",
+     "kvq ppl --model data/stories260K.bin --tokenizer data/tok512.bin "
+     "--text data/tinystories-sample.txt --method rotatekv --bits 2",
      cmd_ppl},
     {"merge", "combine results databases (shards, machines) into one; repeated runs skipped",
      "kvq merge shard0.db shard1.db -o all.db", cmd_merge},
     {"sinks", "score sink predictors (PFN, massive, pivot, KVSink) against attention-mass truth",
-     "kvq sinks rec.safetensors --format table --db results/kvq.db", cmd_sinks},
+     "kvq sinks synth.safetensors --format table --db results/kvq.db", cmd_sinks},
     {"experts", "list a MoE recording's Super Experts and the massive activations after them",
-     "kvq experts rec.safetensors --format json", cmd_experts},
+     "kvq experts data/tiny-moe.safetensors --format json", cmd_experts},
 };
 
 void print_usage(std::FILE* out) {
   std::fprintf(out,
                "kvq: bit-exact low-bit KV-cache algorithms, their backends and cross-checks\n\n"
-               "usage: kvq SUBCOMMAND [options]     (kvq SUBCOMMAND --help for its options)\n\n");
+               "usage: kvq SUBCOMMAND [options]     (kvq help SUBCOMMAND, or kvq SUBCOMMAND "
+               "--help, for its options; kvq --version)\n\n");
   for (const Subcommand& sub : kSubcommands)
     std::fprintf(out, "  %-9s %s\n            e.g. %s\n", sub.name, sub.summary, sub.example);
   std::fprintf(out,
@@ -80,14 +82,23 @@ std::span<const Subcommand> subcommands() {
   return kSubcommands;
 }
 
-int cli_main(int argc, char** argv) {
+std::string version_string(const char* version, const char* revision) {
+  return std::string("kvq ") + version + " (git " + revision + ")";
+}
+
+int cli_main(int argc, char** argv, const std::string& version) {
   set_gpu_name_provider(&registry_gpu_name);
   if (argc < 2) {
     print_usage(stderr);
     return 2;
   }
-  if (!std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h") ||
-      !std::strcmp(argv[1], "help")) {
+  if (!std::strcmp(argv[1], "--version")) {
+    std::printf("%s\n", version.c_str());
+    return 0;
+  }
+  const bool help_sub = !std::strcmp(argv[1], "help") && argc > 2;
+  if (!help_sub && (!std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h") ||
+                    !std::strcmp(argv[1], "help"))) {
     print_usage(stdout);
     return 0;
   }
@@ -100,6 +111,13 @@ int cli_main(int argc, char** argv) {
                   " is not one of avx512, avx2, scalar");
       return 2;
     }
+  }
+  // `kvq help SUB` is `kvq SUB --help`.
+  char help_flag[] = "--help";
+  char* help_argv[] = {argv[0], help_sub ? argv[2] : nullptr, help_flag, nullptr};
+  if (help_sub) {
+    argc = 3;
+    argv = help_argv;
   }
   for (const Subcommand& sub : kSubcommands) {
     if (std::strcmp(argv[1], sub.name) != 0) continue;

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <span>
+#include <string>
 
 namespace kvq {
 
@@ -14,7 +15,11 @@ struct Subcommand {
 
 std::span<const Subcommand> subcommands();
 
-// Dispatches argv[1] to its subcommand; prints errors as one line; returns the exit status.
-int cli_main(int argc, char** argv);
+// "kvq VERSION (git REVISION)", what `kvq --version` prints.
+std::string version_string(const char* version, const char* revision);
+
+// Dispatches argv[1] to its subcommand (`kvq help SUB` is `kvq SUB --help`, `kvq --version`
+// prints `version`); prints errors as one line; returns the exit status.
+int cli_main(int argc, char** argv, const std::string& version = "kvq (version unknown)");
 
 }  // namespace kvq
