@@ -7,8 +7,8 @@
 #
 #   GGML_SRC=/path/to/ggml.git tools/peers/ggml_attention.sh [DB]
 #
-# GGML_SRC   a ggml or llama.cpp git directory (bare or not; e.g. the fetched mirror
-#            /work/.mirror/ggerganov+ggml/repo); GGML_REV picks the commit (default HEAD)
+# GGML_SRC   a ggml or llama.cpp git directory (bare or not; e.g. a clone of
+#            github.com/ggerganov/ggml); GGML_REV picks the commit (default HEAD)
 # DB         results database (default results/kvq.db)
 # OMP_NUM_THREADS  threads for ggml (default 1); GGML_TYPES (default "q4_0 q8_0");
 # GGML_TOKENS (default "4096 32768"); GGML_REPS (default 5); KVQ_BUILD (default build: the
