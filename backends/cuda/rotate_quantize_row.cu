@@ -6,8 +6,8 @@
 //    sector), the top three bits are the lane's high bits, the rest e's high bits. 16-bit rows
 //    arrive through a per-warp shared staging area with cp.async, the next row's copy in flight
 //    while this one is computed.
-//  - FWHT (SPEC.md §1, stages in ascending h): a stage on an index bit held in registers is one
-//    add or subtract per element; a stage on a lane bit is one shuffle and one add/subtract
+//  - FWHT (docs/spec.md §1, stages in ascending h): a stage on an index bit held in registers
+//    is one add or subtract per element; a stage on a lane bit is one shuffle and one add/subtract
 //    (written as fma(v, ±1, other): the product is exact, so this is the correctly rounded
 //    other ± v, bit for bit the reference's a + b or a - b). The transform must not reach the
 //    top three bits for fwht_n ≤ 2^(m-3), the only ones the benchmarks use; larger n take two
@@ -15,7 +15,7 @@
 //  - reorder: the rotated row goes to a per-warp shared buffer (16-byte stores, conflict-free by
 //    a swizzle of index bit 2); the quantizer gathers stored position p from rotated[perm[p]]
 //    through a per-block table of byte offsets laid out in the order lanes read it.
-//  - quantize (SPEC.md §3): lane l owns positions 16(l mod 8) .. +15 of group 4r + l/8 for
+//  - quantize (docs/spec.md §3): lane l owns positions 16(l mod 8) .. +15 of group 4r + l/8 for
 //    r = 0, 1, ...: min/max over its 16 values then three xor-shuffles among the 8 lanes of the
 //    group; the 16 codes form one 32-bit (b = 2) or 64-bit (b = 4) word, stored as one access.
 // The float zero point uses the shortcut of quantize_group.cuh (t * (1/s), the exact quotient
