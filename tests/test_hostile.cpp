@@ -3,7 +3,8 @@
 // contradict each other. Each run must end in one line on stderr naming the file, key or option
 // and exit status 2, and leave what it was pointed at untouched (STYLE.md rule 5).
 #include <fcntl.h>
-#include <grp.h>
+#include <linux/capability.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -56,8 +57,10 @@ void require_one_line_error(const KvqResult& r, const std::vector<std::string>& 
   for (const std::string& w : words) CHECK_THAT(r.err, Contains(w));
 }
 
-// `kvq ARGS...` run as a user who cannot write `dir`'s files: as root (who may write anything),
-// the child drops to nobody (uid and gid 65534) before exec.
+// `kvq ARGS...` run by a process that cannot write `dir`'s files (their write bits removed): as
+// root, who may write anything, the child drops the capabilities that override file modes from
+// its bounding set before exec, so the kvq it starts stays root (and reaches the binary and the
+// folder wherever they are, also under a 0700 folder) but obeys the owner's mode bits.
 KvqResult kvq_as_reader(const fs::path& dir, const std::vector<std::string>& args) {
   const fs::path out = scratch.dir / "reader.stdout", err = scratch.dir / "reader.stderr";
   std::vector<std::string> argv_text = {kvq::testing::kvq_bin()};
@@ -69,10 +72,10 @@ KvqResult kvq_as_reader(const fs::path& dir, const std::vector<std::string>& arg
     const int e = ::open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0666);
     if (o < 0 || e < 0 || ::dup2(o, 1) < 0 || ::dup2(e, 2) < 0 || ::chdir(dir.c_str()) != 0)
       ::_exit(127);
-    if (::geteuid() == 0 && (::setgroups(0, nullptr) != 0 || ::setgid(65534) != 0 ||
-                             ::setuid(65534) != 0))
-      ::_exit(126);
-    std::vector<char*> argv;
+    if (::geteuid() == 0)
+      for (const int cap : {CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER})
+        if (::prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0) ::_exit(126);
+  std::vector<char*> argv;
     for (std::string& a : argv_text) argv.push_back(a.data());
     argv.push_back(nullptr);
     ::execv(argv[0], argv.data());
@@ -117,11 +120,17 @@ TEST_CASE("hostile: a report opens the database read-only, also in a folder it c
   CHECK(read_whole_file(db) == before);
   CHECK(!fs::exists(copy));
   CHECK(!fs::exists(other));
-  // A database in a folder this user cannot write (WAL mode, its -wal and -shm files gone).
-  fs::permissions(dir, fs::perms::owner_write | fs::perms::group_write | fs::perms::others_write,
-                  fs::perm_options::remove);
+  // A database in a folder this user cannot write (WAL mode, its -wal and -shm files gone: the
+  // read-only reports above made them, an empty log and its index, as SQLite does).
+  REQUIRE(fs::file_size(db.string() + "-wal") == 0);
+  for (const char* suffix : {"-wal", "-shm"}) fs::remove(db.string() + suffix);
+  const fs::perms writes = fs::perms::owner_write | fs::perms::group_write | fs::perms::others_write;
+  fs::permissions(db, writes, fs::perm_options::remove);
+  fs::permissions(dir, writes, fs::perm_options::remove);
   const KvqResult r = kvq_as_reader(dir, {"report", "--db", db.string()});
   fs::permissions(dir, fs::perms::owner_write, fs::perm_options::add);
+  // The reader could not write the folder: it made no -wal or -shm file as the reports above did.
+  for (const char* suffix : {"-wal", "-shm", "-journal"}) CHECK(!fs::exists(db.string() + suffix));
   INFO(r.err);
   CHECK(r.status == 0);
   CHECK_THAT(r.out, Contains("fwht"));
