@@ -6,7 +6,8 @@ verify/, backends/, bench/ and harness/ points down this list of layers (or with
   -> harness/scenario -> harness/model -> harness/io -> backends -> verify -> reference
 
 Fails, listing FILE:LINE and the arrow, on an include that points up the list, on an include of a
-file that does not exist, and on a C++ file in a folder the list does not place. tests/, fuzz/
+file that does not exist, on a C++ file in a folder the list does not place, and when README.md's
+tour draws the layers in another order. No exception is allowed today (EXCEPTIONS). tests/, fuzz/
 and tools/ sit above everything and are not checked. `--graph` prints the folder arrows found.
 """
 import os
@@ -17,11 +18,8 @@ LAYERS = ["reference", "verify", "backends", "harness/io", "harness/model", "har
           "harness/recording", "harness/store", "harness/studies", "harness/run", "bench",
           "harness/cli"]
 # Arrows against the direction that are known, with why; each one is a debt to remove.
-EXCEPTIONS = {
-    ("harness/scenario", "harness/studies"):
-        "the loader reads the study ops' names and keys from harness/studies/studies.h "
-        "(issue 16 step 2 moves the key table into harness/scenario/)",
-}
+EXCEPTIONS = {}
+
 SOURCES = re.compile(r"\.(h|cpp|cu|cuh)$")
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"')
 
@@ -34,6 +32,20 @@ def layer(path):
             if best is None or len(name) > len(best):
                 best = name
     return best
+
+
+def readme_arrows(root):
+    """README.md's tour draws the layers as `A → B → ...`: it must be LAYERS, top first."""
+    with open(os.path.join(root, "README.md"), encoding="utf-8") as f:
+        text = f.read()
+    drawn = re.search(r"```\n(harness/cli →[^`]*)```", text)
+    if not drawn:
+        return ["README.md: no drawing of the layers (```harness/cli → ... → reference```)"]
+    names = [n.strip() for n in drawn.group(1).replace("\n", " ").split("→")]
+    if names != LAYERS[::-1]:
+        return [f"README.md: the layers drawn ({' → '.join(names)}) are not tests/test_layout.py's "
+                f"({' → '.join(LAYERS[::-1])})"]
+    return []
 
 
 def main():
@@ -79,6 +91,7 @@ def main():
     for (s, d) in EXCEPTIONS:
         if (s, d) not in arrows:
             errors.append(f"exception {s} -> {d} no longer used: remove it from tests/test_layout.py")
+    errors += readme_arrows(root)
     for e in errors:
         print(e)
     print(f"{sum(arrows.values())} includes across {len(arrows)} folder arrows, "

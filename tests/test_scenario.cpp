@@ -3,8 +3,10 @@
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -107,11 +109,20 @@ n = 16
   CHECK(c.params["tokens"] == 7);
   CHECK(c.input == "synthetic");
   CHECK_THAT(c.where, Contains(path + ":6"));
-  CHECK(kvq::case_int(c, "bits", 0) == 2);
-  CHECK(kvq::case_int(c, "group", 128) == 128);  // absent: the fallback
-  CHECK(kvq::case_string(c, "axis", "token") == "channel");
-  CHECK(kvq::case_bool(s.cases[8], "reorder", true) == false);
+  // The op's struct: given keys, then each op's defaults (harness/scenario/case_keys.cpp).
+  const kvq::BackendCase& k = kvq::case_keys<kvq::BackendCase>(c);
+  CHECK(c.op == "dequantize");
+  CHECK(k.op == kvq::Op::Dequantize);
+  CHECK(k.bits == 2);
+  CHECK(k.group == 128);  // absent: the default
+  CHECK(k.axis == "channel");
+  CHECK(k.tokens == 7);
+  CHECK(k.gate == "exact");
+  CHECK(k.tensor == "k");
+  CHECK(kvq::case_keys<kvq::BackendCase>(s.cases[8]).reorder == false);
+  CHECK(kvq::case_keys<kvq::BackendCase>(s.cases[8]).tensor == "k_pre_rope");  // rotate_k's
   CHECK(s.cases[8].params["head_dim"] == 64);
+  CHECK(kvq::case_keys<kvq::BackendCase>(s.cases[10]).outlier_channels == 0);  // fwht's
   // Loading twice gives the same names: they are stable identifiers in the results store.
   CHECK(names(kvq::load_scenario(path)) == names(s));
 }
@@ -129,7 +140,8 @@ tolerance = 0
   CHECK(s.backends.empty());
   REQUIRE(names(s) == std::vector<std::string>{"fwht/n2", "fwht/n4"});
   CHECK(s.cases[1].backends == std::vector<std::string>{"ref", "avx2"});
-  CHECK(kvq::case_double(s.cases[1], "tolerance", 1.0) == 0.0);
+  CHECK(kvq::case_keys<kvq::BackendCase>(s.cases[1]).tolerance == 0.0);
+  CHECK(kvq::case_keys<kvq::BackendCase>(s.cases[1]).n == 4);
 }
 
 TEST_CASE("scenario: a recording without layers sweeps every layer it holds") {
@@ -297,4 +309,28 @@ TEST_CASE("scenario: ${NAME} in a string takes --var's value; an unset one names
 TEST_CASE("scenario: massive_rule is token or channel, checked at load time") {
   CHECK_THAT(load_error("massive_rule", "[[case]]\nop = \"sinks\"\nmassive_rule = \"median\"\n"),
              Contains("bad.toml:3:") && Contains("massive_rule") && Contains("channel"));
+}
+
+TEST_CASE("scenario: docs/scenario-format.md's key table is the loader's (case_keys_markdown)") {
+  // A key added to the tables (harness/scenario/case_keys.cpp) but not to the doc, or the other way
+  // round, or a changed default, fails here; the message shows the table to paste.
+  const char* root = std::getenv("KVQ_SOURCE_ROOT");
+  REQUIRE(root != nullptr);
+  std::ifstream in(fs::path(root) / "docs" / "scenario-format.md");
+  REQUIRE(in);
+  const std::string doc((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::string begin = "<!-- key table: tests/test_scenario.cpp checks it -->\n";
+  const std::string end = "<!-- end of the key table -->";
+  const size_t from = doc.find(begin), to = doc.find(end);
+  REQUIRE(from != std::string::npos);
+  REQUIRE(to != std::string::npos);
+  const std::string table = doc.substr(from + begin.size(), to - from - begin.size());
+  if (table != kvq::case_keys_markdown()) {
+    std::ofstream("scenario-format-keys.md") << kvq::case_keys_markdown();
+    FAIL("docs/scenario-format.md's key table differs from the loader's: the loader's is in "
+         << fs::absolute("scenario-format-keys.md").string());
+  }
+  // Every key of the loader has a row; every row a key (the table is generated, but say so).
+  for (const kvq::KeyDef& key : kvq::key_defs())
+    CHECK(table.find("| `" + key.name + "` |") != std::string::npos);
 }

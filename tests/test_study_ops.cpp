@@ -21,7 +21,10 @@
 #include "harness/run/runner.h"
 #include "harness/scenario/scenario.h"
 #include "harness/store/store.h"
+#include "harness/studies/memory.h"
 #include "harness/studies/method.h"
+#include "harness/studies/sinks.h"
+#include "harness/studies/vlm.h"
 #include "harness/studies/studies.h"
 #include "kvq_process.h"
 #include "reference/error.h"
@@ -206,7 +209,9 @@ tau_mass = 3.5
   REQUIRE(s.cases.size() == 2);
   CHECK(s.cases[0].name == "sinks/pfn1");
   CHECK(s.cases[1].name == "sinks/pfn4");
-  CHECK(kvq::case_double(s.cases[0], "tau_mass", 0.0) == 3.5);
+  CHECK(kvq::case_keys<kvq::SinksCase>(s.cases[0]).tau_mass == 3.5);
+  CHECK(kvq::case_keys<kvq::SinksCase>(s.cases[1]).pfn == 4);
+  CHECK(kvq::case_keys<kvq::SinksCase>(s.cases[0]).tau_k == kvq::KvSinkParams{}.tau_k);
 
   const std::string wrong_type = load_error("type", "[[case]]\nop = \"sinks\"\npfn = 1.5\n");
   CHECK(wrong_type.find("type.toml:3:") != std::string::npos);
@@ -243,11 +248,14 @@ TEST_CASE("case_recording: a synthetic case is synthesized once into the cache, 
   ::setenv("KVQ_CACHE", cache.c_str(), 1);
   kvq::ScenarioCase c;
   c.where = "test:1";
-  c.params = {{"op", "sinks"}, {"seed", 3}, {"tokens", 96}, {"experts", 0}};
-  const std::string first = kvq::case_recording(c);
+  kvq::SinksCase k;
+  k.seed = 3;
+  k.tokens = 96;
+  k.experts = 0;
+  const std::string first = kvq::case_recording(c, k);
   CHECK(fs::path(first).parent_path() == cache);
   const auto written = fs::last_write_time(first);
-  CHECK(kvq::case_recording(c) == first);  // the second case reads the cached file
+  CHECK(kvq::case_recording(c, k) == first);  // the second case reads the cached file
   CHECK(fs::last_write_time(first) == written);
   // Its content is synthesize() of the same parameters (planted truth in the metadata).
   kvq::SynthParams p;
@@ -259,11 +267,11 @@ TEST_CASE("case_recording: a synthetic case is synthesized once into the cache, 
   CHECK(file.metadata().at("sink_tokens") == want.metadata.at("sink_tokens"));
   for (const auto& [name, tensor] : want.tensors)
     if (name == "layers.2.k") CHECK(file.read_f32(name) == kvq::widen_f32(tensor.view(), name));
-  c.params["seed"] = 4;
-  CHECK(kvq::case_recording(c) != first);
+  k.seed = 4;
+  CHECK(kvq::case_recording(c, k) != first);
   kvq::ScenarioCase file_case;
   file_case.input = first;
-  CHECK(kvq::case_recording(file_case) == first);  // a recording path is used as it is
+  CHECK(kvq::case_recording(file_case, k) == first);  // a recording path is used as it is
   ::unsetenv("KVQ_CACHE");
 }
 
@@ -429,4 +437,42 @@ TEST_CASE("accuracy scenario: every row finite; fp32 exact; 4 bits beat 2 bits p
   const auto rtn2 = metrics(db, "accuracy/stories260K/rtn/b2");
   CHECK(rtn2.at("ppl_fp32") == model_fp32.at("ppl"));
   CHECK(rtn2.at("ppl") > rtn2.at("ppl_fp32"));
+}
+
+TEST_CASE("study ops: the runner's table and the loader's op tables name the same studies") {
+  std::vector<std::string> loader, runner;
+  for (const kvq::OpKeys& op : kvq::op_keys())
+    if (op.study) loader.push_back(op.op);
+  for (const kvq::StudyOp& op : kvq::study_ops()) runner.push_back(op.op);
+  CHECK(loader == runner);
+}
+
+TEST_CASE("study ops: the case structs' defaults are the study parameters' defaults") {
+  // harness/scenario/ sits below recording/ and studies/, so its structs spell these defaults out.
+  const kvq::SynthParams synth;
+  const kvq::SinksCase sinks;
+  CHECK(sinks.seed == static_cast<int64_t>(synth.seed));
+  CHECK(sinks.layers == synth.layers);
+  CHECK(sinks.tokens == synth.tokens);
+  CHECK(sinks.heads == synth.kv_heads);
+  CHECK(sinks.head_dim == synth.head_dim);
+  CHECK(sinks.hidden == synth.hidden);
+  CHECK(sinks.experts == synth.experts);
+  CHECK(sinks.top_k == synth.top_k);
+  CHECK(sinks.image_tokens == synth.image_tokens);
+  CHECK(sinks.text_attention == synth.text_attention);
+  CHECK(sinks.tau_mass == kvq::SinkStudyParams{}.tau_mass);
+  const kvq::MemoryCase memory;
+  const kvq::MemoryModel model;
+  CHECK(memory.layers == model.layers);
+  CHECK(memory.budget_gib == model.budget_gib);
+  CHECK(memory.weights_gib == model.weights_gib);
+  CHECK(memory.seed == static_cast<int64_t>(synth.seed));
+  CHECK(memory.tokens == synth.tokens);
+  CHECK(memory.hidden == synth.hidden);
+  const kvq::VlmCase vlm;
+  const kvq::VlmParams vp;
+  CHECK(vlm.bits == vp.bits);
+  CHECK(vlm.bits_hi == vp.bits_hi);
+  CHECK(vlm.group == vp.group);
 }

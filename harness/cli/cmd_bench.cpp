@@ -66,8 +66,7 @@ int cmd_bench(int argc, char** argv) {
   const Scenario sc = load_scenario(scenario);
   std::vector<BenchSpec> specs;
   for (const ScenarioCase& c : sc.cases) {
-    const std::string op = c.params.value("op", "");
-    if (c.input != "synthetic" || find_study_op(op)) {
+    if (c.input != "synthetic" || find_study_op(c.op)) {
       std::fprintf(stderr,
                    "kvq: bench: %s (%s): only synthetic backend-op cases are measured (studies "
                    "run with kvq run), skipped\n",

@@ -44,26 +44,22 @@ nlohmann::json file_identity(const std::string& path, const std::string& where,
 }
 
 
-// Default recorded length of input = "model": BOS + 255 text tokens (docs/spec.md §4's ground truth
-// scores tokens 0..T-64, so shorter recordings say little about sinks).
-constexpr int64_t kModelTokens = 256;
-
 }  // namespace
 
-SynthParams case_synth_params(const ScenarioCase& c) {
+SynthParams case_synth_params(const RecordingKeys& k) {
   // Keys as `kvq synth` and the method study name them: heads = KV heads, q_heads = query heads.
   SynthParams p;
-  p.seed = static_cast<uint64_t>(case_int(c, "seed", static_cast<int64_t>(p.seed)));
-  p.tokens = case_int(c, "tokens", p.tokens);
-  p.kv_heads = case_int(c, "heads", p.kv_heads);
-  p.heads = case_int(c, "q_heads", std::max(p.heads, p.kv_heads));
-  p.head_dim = case_int(c, "head_dim", p.head_dim);
-  p.hidden = case_int(c, "hidden", p.hidden);
-  p.experts = case_int(c, "experts", p.experts);
-  p.top_k = case_int(c, "top_k", p.top_k);
-  p.layers = case_int(c, "layers", p.layers);
-  p.image_tokens = case_int(c, "image_tokens", p.image_tokens);
-  p.text_attention = case_double(c, "text_attention", p.text_attention);
+  p.seed = static_cast<uint64_t>(k.seed);
+  p.tokens = k.tokens;
+  p.kv_heads = k.heads;
+  p.heads = k.q_heads.value_or(std::max(p.heads, p.kv_heads));
+  p.head_dim = k.head_dim;
+  p.hidden = k.hidden;
+  p.experts = k.experts;
+  p.top_k = k.top_k;
+  p.layers = k.layers;
+  p.image_tokens = k.image_tokens;
+  p.text_attention = k.text_attention;
   return p;
 }
 
@@ -85,7 +81,7 @@ std::string recording_cache_dir() {
   return dir.string();
 }
 
-std::string case_recording(const ScenarioCase& c) {
+std::string case_recording(const ScenarioCase& c, const RecordingKeys& k) {
   if (c.input != "synthetic" && c.input != "model") return c.input;  // a recording path
 
   nlohmann::json identity = {{"format", kCacheFormat}, {"source", c.input}};
@@ -96,7 +92,7 @@ std::string case_recording(const ScenarioCase& c) {
   if (!ec) identity["kvq"] = file_identity(self.string(), c.where, "kvq binary");
   std::string source;
   if (c.input == "synthetic") {
-    const SynthParams p = case_synth_params(c);
+    const SynthParams p = case_synth_params(k);
     identity["synth"] = {{"seed", p.seed},         {"tokens", p.tokens},
                          {"heads", p.heads},       {"kv_heads", p.kv_heads},
                          {"head_dim", p.head_dim}, {"hidden", p.hidden},
@@ -105,16 +101,17 @@ std::string case_recording(const ScenarioCase& c) {
     if (p.text_attention > 0.0) identity["synth"]["text_attention"] = p.text_attention;
     source = "synthetic seed " + std::to_string(p.seed);
   } else {
-    for (const char* key : {"model", "tokenizer", "text"})
-      if (!c.params.contains(key))
+    for (const auto& [key, given] :
+         {std::pair{"model", k.model}, std::pair{"tokenizer", k.tokenizer}, std::pair{"text", k.text}})
+      if (!given)
         throw Error(c.where + ": key '" + key +
                     "': input = \"model\" needs model, tokenizer and "
                     "text");
-    const std::string model = case_string(c, "model", ""), text = case_string(c, "text", "");
+    const std::string model = *k.model, text = *k.text;
     identity["model"] = file_identity(model, c.where, "model");
-    identity["tokenizer"] = file_identity(case_string(c, "tokenizer", ""), c.where, "tokenizer");
+    identity["tokenizer"] = file_identity(*k.tokenizer, c.where, "tokenizer");
     identity["text"] = file_identity(text, c.where, "text");
-    identity["tokens"] = case_int(c, "tokens", kModelTokens);
+    identity["tokens"] = k.tokens;  // default 256: BOS + 255 text tokens
     source = fs::path(model).filename().string() + " on " + fs::path(text).filename().string();
   }
   const std::string path =
@@ -123,13 +120,13 @@ std::string case_recording(const ScenarioCase& c) {
 
   try {
     if (c.input == "synthetic") {
-      write_recording(path, synthesize(case_synth_params(c)));
+      write_recording(path, synthesize(case_synth_params(k)));
     } else {
-      const std::string text_path = case_string(c, "text", "");
-      const Model model = Model::load(case_string(c, "model", ""));
-      const Tokenizer tokenizer = Tokenizer::load(case_string(c, "tokenizer", ""));
+      const std::string text_path = *k.text;
+      const Model model = Model::load(*k.model);
+      const Tokenizer tokenizer = Tokenizer::load(*k.tokenizer);
       require_matching_tokenizer(model, tokenizer);
-      const int64_t tokens = case_int(c, "tokens", kModelTokens);
+      const int64_t tokens = k.tokens;
       if (tokens < 1 || tokens > model.config().seq_len)
         throw Error("key 'tokens': " + std::to_string(tokens) + " outside [1, seq_len = " +
                     std::to_string(model.config().seq_len) + "] of the model");

@@ -19,11 +19,12 @@
 
 namespace kvq {
 
-// Throws kvq::Error naming the case (c.where) and what failed.
-std::string case_recording(const ScenarioCase& c);
+// `k` is the case's struct (case_keys<SinksCase>(c), ...). Throws kvq::Error naming the case
+// (c.where) and what failed.
+std::string case_recording(const ScenarioCase& c, const RecordingKeys& k);
 
 // The synthesis input = "synthetic" makes of the case's keys (SynthParams defaults else).
-SynthParams case_synth_params(const ScenarioCase& c);
+SynthParams case_synth_params(const RecordingKeys& k);
 // The cache folder case_recording() writes to (created when missing).
 std::string recording_cache_dir();
 

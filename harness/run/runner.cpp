@@ -61,38 +61,31 @@ struct OpOutput {
   double seconds = 0.0;
 };
 
-Op op_from_name(const std::string& name) {
-  for (int i = 0; i <= static_cast<int>(Op::AttentionDecode); ++i)
-    if (name == op_name(static_cast<Op>(i))) return static_cast<Op>(i);
-  throw Error("unknown op '" + name + "'");
-}
-
-QuantParams quant_params(const ScenarioCase& c) {
+QuantParams quant_params(const BackendCase& k) {
   QuantParams p;
-  p.bits = static_cast<int>(case_int(c, "bits", 2));
-  p.group = case_int(c, "group", 128);
-  p.axis = case_string(c, "axis", "token") == "channel" ? Axis::Channel : Axis::Token;
-  p.clip = static_cast<float>(case_double(c, "clip", 1.0));
-  p.zero_point = case_string(c, "zero_point", "float") == "int" ? ZeroPoint::Int : ZeroPoint::Float;
+  p.bits = static_cast<int>(k.bits);
+  p.group = k.group;
+  p.axis = k.axis == "channel" ? Axis::Channel : Axis::Token;
+  p.clip = static_cast<float>(k.clip);
+  p.zero_point = k.zero_point == "int" ? ZeroPoint::Int : ZeroPoint::Float;
   return p;
 }
 
-std::string layer_tensor(const ScenarioCase& c, const std::string& tensor) {
-  return "layers." + std::to_string(case_int(c, "layers", 0)) + "." + tensor;
+std::string layer_tensor(const BackendCase& k, const std::string& tensor) {
+  return "layers." + std::to_string(k.layers) + "." + tensor;
 }
 
-CaseInput make_input(const ScenarioCase& c, Op op) {
+CaseInput make_input(const ScenarioCase& c, const BackendCase& k) {
+  const Op op = k.op;
   CaseInput in;
   if (c.input == "synthetic") {
-    in.shape.tokens = case_int(c, "tokens", 128);
-    in.shape.heads = op == Op::Fwht || op == Op::TokenAbsmax ? 1 : case_int(c, "heads", 8);
-    in.shape.head_dim = op == Op::Fwht          ? case_int(c, "n", 128)
-                        : op == Op::TokenAbsmax ? case_int(c, "hidden", 256)
-                                                : case_int(c, "head_dim", 128);
+    in.shape.tokens = k.tokens;
+    in.shape.heads = op == Op::Fwht || op == Op::TokenAbsmax ? 1 : k.heads;
+    in.shape.head_dim = op == Op::Fwht          ? k.n.value_or(kFwhtSyntheticN)
+                        : op == Op::TokenAbsmax ? k.hidden
+                                                : k.head_dim;
     in.x = kv_with_outliers(in.shape.tokens, in.shape.heads, in.shape.head_dim,
-                            static_cast<uint64_t>(case_int(c, "seed", 1)),
-                            case_int(c, "outlier_channels", op == Op::Fwht ? 0 : 4),
-                            case_double(c, "outlier_scale", 30.0));
+                            static_cast<uint64_t>(k.seed), k.outlier_channels, k.outlier_scale);
     // A planted massive activation (docs/spec.md §4: ~1000x the typical magnitude) at a
     // non-initial token, so the absmax and argmax paths see a clear winner.
     if (op == Op::TokenAbsmax && in.shape.tokens > 2)
@@ -100,7 +93,7 @@ CaseInput make_input(const ScenarioCase& c, Op op) {
           2000.0f;  // token 1
   } else {
     const SafetensorsFile file = SafetensorsFile::open(c.input);
-    const std::string name = layer_tensor(c, case_tensor(c));
+    const std::string name = layer_tensor(k, k.tensor);
     const TensorView view = file.view(name);
     if (view.shape.size() == 3) {
       in.shape = {view.shape[0], view.shape[1], view.shape[2]};
@@ -119,7 +112,7 @@ CaseInput make_input(const ScenarioCase& c, Op op) {
       in.x16.assign(bits, bits + view.numel());
     }
   }
-  if (case_string(c, "dtype", "f32") == "f16" && in.x16.empty()) {
+  if (k.dtype == "f16" && in.x16.empty()) {
     in.x16.resize(in.x.size());
     for (size_t i = 0; i < in.x.size(); ++i) {
       in.x16[i] = float_to_half(in.x[i]);
@@ -129,10 +122,10 @@ CaseInput make_input(const ScenarioCase& c, Op op) {
   return in;
 }
 
-RotationParams rotation_params(const ScenarioCase& c, const CaseInput& in) {
+RotationParams rotation_params(const BackendCase& k, const CaseInput& in) {
   RotationParams p;
-  p.head_group = static_cast<int>(case_int(c, "head_group", 4));
-  if (case_bool(c, "reorder", true)) {
+  p.head_group = static_cast<int>(k.head_group);
+  if (k.reorder) {
     // docs/spec.md §2: the permutation is calibrated on the first half of the tokens (at least one)
     // of this same input, then applied to all of them.
     const int64_t calib = std::max<int64_t>(1, in.shape.tokens / 2);
@@ -147,10 +140,10 @@ RotationParams rotation_params(const ScenarioCase& c, const CaseInput& in) {
 
 // Synthetic MoE routing: each token routes to top_k consecutive experts from a random first one;
 // expert 1 is planted as a Super Expert (outputs ~50x the others, docs/spec.md §5).
-void synthetic_routing(const ScenarioCase& c, Prepared& p) {
-  p.experts = case_int(c, "experts", 8);
-  p.top_k = std::min(case_int(c, "top_k", 2), p.experts);
-  SplitMix64 rng(static_cast<uint64_t>(case_int(c, "seed", 1)));
+void synthetic_routing(const BackendCase& k, Prepared& p) {
+  p.experts = k.experts.value_or(kSyntheticExperts);
+  p.top_k = std::min(k.top_k, p.experts);
+  SplitMix64 rng(static_cast<uint64_t>(k.seed));
   for (int64_t t = 0; t < p.in.shape.tokens; ++t) {
     const int64_t first = static_cast<int64_t>(rng.next() % static_cast<uint64_t>(p.experts));
     for (int64_t k = 0; k < p.top_k; ++k) {
@@ -162,9 +155,9 @@ void synthetic_routing(const ScenarioCase& c, Prepared& p) {
   }
 }
 
-void recorded_routing(const ScenarioCase& c, Prepared& p) {
+void recorded_routing(const ScenarioCase& c, const BackendCase& k, Prepared& p) {
   const SafetensorsFile file = SafetensorsFile::open(c.input);
-  const std::string ids = layer_tensor(c, "experts.ids");
+  const std::string ids = layer_tensor(k, "experts.ids");
   const TensorView view = file.view(ids);
   if (view.shape.size() != 2)
     throw Error(c.input + ": tensor '" + ids + "': expected [T, top_k], got " +
@@ -175,32 +168,32 @@ void recorded_routing(const ScenarioCase& c, Prepared& p) {
   p.in.shape = {view.shape[0], 1, view.shape[1]};
   p.top_k = view.shape[1];
   p.ids = file.read_i32(ids);
-  p.absmax = file.read_f32(layer_tensor(c, "experts.down_absmax"));
-  if (file.has(layer_tensor(c, "experts.down_argmax")))
-    p.argmax = file.read_i32(layer_tensor(c, "experts.down_argmax"));
+  p.absmax = file.read_f32(layer_tensor(k, "experts.down_absmax"));
+  if (file.has(layer_tensor(k, "experts.down_argmax")))
+    p.argmax = file.read_i32(layer_tensor(k, "experts.down_argmax"));
   // E: the scenario's `experts`, else the recording's metadata, else the largest id + 1.
   int64_t experts = 0;
   for (int32_t id : p.ids) experts = std::max<int64_t>(experts, int64_t{id} + 1);
   check_limit(c.input + ": tensor '" + ids + "'", "expert id", experts - 1, kMaxExperts - 1);
   experts = std::max(experts, metadata_experts(file).value_or(0));
-  p.experts = case_int(c, "experts", experts);
+  p.experts = k.experts.value_or(experts);
 }
 
 // attention_decode: K and V quantized (no rotation) into a decode cache, one query. Synthetic:
 // K is the input, V and q are further seeded normals. Recording: the layer's k, v and the
 // last token's q.
-void attention_inputs(const ScenarioCase& c, Prepared& p) {
+void attention_inputs(const ScenarioCase& c, const BackendCase& k, Prepared& p) {
   const CaseInput& in = p.in;
-  const uint64_t seed = static_cast<uint64_t>(case_int(c, "seed", 1));
+  const uint64_t seed = static_cast<uint64_t>(k.seed);
   std::vector<float> v;
   if (c.input == "synthetic") {
     v = kv_with_outliers(in.shape.tokens, in.shape.heads, in.shape.head_dim, seed + 7, 0, 1.0);
-    p.q_heads = case_int(c, "q_heads", in.shape.heads);
+    p.q_heads = k.q_heads.value_or(in.shape.heads);
     p.query = kv_with_outliers(1, p.q_heads, in.shape.head_dim, seed + 11, 0, 1.0);
   } else {
     const SafetensorsFile file = SafetensorsFile::open(c.input);
-    v = file.read_f32(layer_tensor(c, "v"));
-    const std::string q = layer_tensor(c, "q");
+    v = file.read_f32(layer_tensor(k, "v"));
+    const std::string q = layer_tensor(k, "q");
     const TensorView qv = file.view(q);
     if (qv.shape.size() != 3 || qv.shape[0] != in.shape.tokens || qv.shape[2] != in.shape.head_dim)
       throw Error(c.input + ": tensor '" + q + "': expected [" + std::to_string(in.shape.tokens) +
@@ -219,50 +212,50 @@ void attention_inputs(const ScenarioCase& c, Prepared& p) {
   p.cache.v = quantize(v, in.shape.tokens, in.shape.channels(), p.quant, "attention values");
 }
 
-Prepared prepare(const ScenarioCase& c, Op op) {
+Prepared prepare(const ScenarioCase& c, const BackendCase& k) {
+  const Op op = k.op;
   Prepared p;
   p.op = op;
-  p.quant = quant_params(c);
+  p.quant = quant_params(k);
   if (op == Op::ExpertStatistics) {
     if (c.input == "synthetic") {
-      p.in.shape = {case_int(c, "tokens", 128), 1, 1};
-      synthetic_routing(c, p);
+      p.in.shape = {k.tokens, 1, 1};
+      synthetic_routing(k, p);
     } else {
-      recorded_routing(c, p);
+      recorded_routing(c, k, p);
     }
     return p;
   }
-  p.in = make_input(c, op);
+  p.in = make_input(c, k);
   switch (op) {
     case Op::Fwht:
       // Synthetic: [tokens, n]. Recording: blocks of n (default head_dim) over the tensor.
       p.fwht_n = static_cast<int>(c.input == "synthetic" ? p.in.shape.head_dim
-                                                         : case_int(c, "n", p.in.shape.head_dim));
+                                                         : k.n.value_or(p.in.shape.head_dim));
       break;
     case Op::Reorder: {
       const int64_t cols = p.in.shape.channels();
       p.perm.resize(static_cast<size_t>(cols));
-      SplitMix64 rng(static_cast<uint64_t>(case_int(c, "seed", 1)));
+      SplitMix64 rng(static_cast<uint64_t>(k.seed));
       for (int64_t i = 0; i < cols; ++i) p.perm[i] = static_cast<int32_t>(i);
       for (int64_t i = cols - 1; i > 0; --i)  // Fisher-Yates
         std::swap(p.perm[i], p.perm[rng.next() % static_cast<uint64_t>(i + 1)]);
       break;
     }
-    case Op::RotateK: p.rotation = rotation_params(c, p.in); break;
+    case Op::RotateK: p.rotation = rotation_params(k, p.in); break;
     case Op::Dequantize:
       p.quantized = quantize(p.in.x, p.in.shape.tokens, p.in.shape.channels(), p.quant, c.name);
       break;
     case Op::RotateQuantize: {
-      const std::string r = case_string(c, "rotation", "key_grouped");
-      p.rq.rotation = r == "none"       ? AppendRotation::None
-                      : r == "per_head" ? AppendRotation::PerHead
-                                        : AppendRotation::KeyGrouped;
+      p.rq.rotation = k.rotation == "none"       ? AppendRotation::None
+                      : k.rotation == "per_head" ? AppendRotation::PerHead
+                                                 : AppendRotation::KeyGrouped;
       if (p.rq.rotation == AppendRotation::KeyGrouped)
-        p.rq.rotation_params = rotation_params(c, p.in);
+        p.rq.rotation_params = rotation_params(k, p.in);
       p.rq.quant = p.quant;
       break;
     }
-    case Op::AttentionDecode: attention_inputs(c, p); break;
+    case Op::AttentionDecode: attention_inputs(c, k, p); break;
     default: break;
   }
   return p;
@@ -512,15 +505,15 @@ RunSummary run_scenario(const Scenario& scenario, const RunOptions& options) {
       const ScenarioCase& c = *selected[index];
       progress.at(index, c.name);
       ++summary.cases;
-      const std::string op_text = case_string(c, "op", "");
-      CaseRecord record{c.name, op_text == "method" ? case_string(c, "method", "") : op_text,
+      CaseRecord record{c.name,
+                        c.op == "method" ? case_keys<MethodCase>(c).method : c.op,
                         c.params.dump(), repro_line(scenario, c, "")};
       std::vector<CheckRecord> checks;
       std::vector<Measurement> measurements;
 
       // Study ops (harness/studies/studies.h): the reference only, measured, never gated. A study
       // that throws is an error check of backend "ref" (the run goes on with the other cases).
-      if (const StudyOp* study = find_study_op(op_text)) {
+      if (const StudyOp* study = find_study_op(c.op)) {
         const auto start = std::chrono::steady_clock::now();
         std::string note, check_name = "MEAS";
         try {
@@ -554,11 +547,12 @@ RunSummary run_scenario(const Scenario& scenario, const RunOptions& options) {
         continue;
       }
 
-      const Op op = op_from_name(op_text);
-      // docs/spec.md §7: attention is gated by tolerance against the fp64 oracle; the rest bitwise.
-      const std::string gate =
-          case_string(c, "gate", op == Op::AttentionDecode ? "tolerance" : "exact");
-      const double tolerance = case_double(c, "tolerance", 1e-3);
+      const BackendCase& k = case_keys<BackendCase>(c);
+      const Op op = k.op;
+      // docs/spec.md §7: attention is gated by tolerance against the fp64 oracle (its default gate,
+      // harness/scenario/case_keys.cpp); the rest bitwise.
+      const std::string& gate = k.gate;
+      const double tolerance = k.tolerance;
       // Choice: a case whose input cannot be built or whose reference run fails is recorded as
       // an error of every selected backend (the gate goes on with the other cases).
       std::optional<Prepared> prepared;
@@ -566,7 +560,7 @@ RunSummary run_scenario(const Scenario& scenario, const RunOptions& options) {
       std::vector<double> oracle;
       std::string case_error;
       try {
-        prepared.emplace(prepare(c, op));
+        prepared.emplace(prepare(c, k));
         expected.emplace(run_op(reference, *prepared));
         if (gate == "tolerance") {
           if (op != Op::AttentionDecode)

@@ -14,7 +14,6 @@
 
 #include "harness/io/safetensors.h"
 #include "harness/io/size_limits.h"
-#include "harness/studies/studies.h"
 #include "reference/error.h"
 #include "reference/quantize.h"
 
@@ -22,45 +21,16 @@ namespace kvq {
 
 namespace {
 
-const std::set<std::string> kCaseKeys = {"name",          "op",         "input",
-                                         "seed",          "dtype",      "tokens",
-                                         "heads",         "head_dim",   "outlier_channels",
-                                         "outlier_scale", "layers",     "tensor",
-                                         "bits",          "group",      "axis",
-                                         "clip",          "zero_point", "n",
-                                         "head_group",    "rotation",   "reorder",
-                                         "hidden",        "experts",    "top_k",
-                                         "q_heads",       "method",     "window",
-                                         "gate",          "tolerance",  "backends",
-                                         "repetitions"};
-
-// Backend ops; study ops (method, sinks, experts, ...) come from study_ops()
-// (harness/studies/studies.h).
-const std::set<std::string> kOps = {
-    "fwht",       "reorder",         "rotate_k",     "rotate_v",          "quantize",
-    "dequantize", "rotate_quantize", "token_absmax", "expert_statistics", "attention_decode"};
-
-// The largest value of a study's own integer key (contexts, batches, token counts).
-constexpr int64_t kStudyIntLimit = int64_t{1} << 24;
-
-// A key that some study op declares beyond kCaseKeys (the first declaration gives its type).
-const StudyKey* study_key(const std::string& key) {
-  for (const StudyOp& op : study_ops())
-    for (const StudyKey& k : op.keys)
-      if (k.name == key) return &k;
-  return nullptr;
-}
-
 // One scalar of a study's own key, type-checked by its KeyType; a Path is resolved relative to
 // the scenario's folder and must name a file.
-nlohmann::json study_scalar(const StudyKey& key, const toml::node& node, const std::string& where,
+nlohmann::json study_scalar(const KeyDef& key, const toml::node& node, const std::string& where,
                             const std::filesystem::path& folder) {
   switch (key.type) {
     case KeyType::Int: {
       if (!node.is_integer()) throw Error(where + ": expected an integer");
       const int64_t v = *node.value<int64_t>();
       if (v < 0) throw Error(where + ": out of range (got " + std::to_string(v) + ")");
-      check_limit(where, "value", v, kStudyIntLimit);
+      check_limit(where, "value", v, key_limit(key));
       return v;
     }
     case KeyType::Double: {
@@ -76,8 +46,13 @@ nlohmann::json study_scalar(const StudyKey& key, const toml::node& node, const s
     case KeyType::String: {
       if (!node.is_string()) throw Error(where + ": expected a string");
       const std::string v = *node.value<std::string>();
-      if (key.name == "massive_rule" && v != "token" && v != "channel")
-        throw Error(where + ": expected \"token\" or \"channel\" (got '" + v + "')");
+      if (!key.choices.empty() &&
+          std::find(key.choices.begin(), key.choices.end(), v) == key.choices.end()) {
+        std::string list;
+        for (const std::string& c : key.choices)
+          list += (list.empty() ? "\"" : " or \"") + c + "\"";
+        throw Error(where + ": expected " + list + " (got '" + v + "')");
+      }
       return v;
     }
     case KeyType::Path: {
@@ -90,30 +65,6 @@ nlohmann::json study_scalar(const StudyKey& key, const toml::node& node, const s
   }
   throw Error(where + ": key type not handled");
 }
-
-const std::map<std::string, std::set<std::string>> kChoices = {
-    {"dtype", {"f32", "f16"}},
-    {"tensor", {"k", "k_pre_rope", "v", "q", "hidden_in"}},
-    {"axis", {"token", "channel"}},
-    {"zero_point", {"float", "int"}},
-    {"rotation", {"none", "key_grouped", "per_head"}},
-    {"gate", {"exact", "tolerance", "none"}},
-    {"method", {"fp32", "rtn", "kivi", "kvquant", "rotatekv", "kvsink+kvquant", "akvq-vl"}},
-};
-const std::set<std::string> kIntKeys = {
-    "seed",  "tokens",  "heads",  "head_dim",   "outlier_channels", "layers",
-    "bits",  "group",   "n",      "head_group", "hidden",           "experts",
-    "top_k", "q_heads", "window", "repetitions"};
-const std::set<std::string> kFloatKeys = {"outlier_scale", "clip", "tolerance"};
-// The largest value of each size key (harness/io/size_limits.h): beyond these a case allocates or
-// loops for gigabytes or hours before any check of the shapes together.
-const std::map<std::string, int64_t> kIntLimits = {
-    {"tokens", int64_t{1} << 24}, {"heads", 4096},           {"q_heads", 4096},
-    {"head_dim", 32768},          {"hidden", int64_t{1} << 20}, {"experts", kMaxExperts},
-    {"top_k", kMaxExperts},       {"layers", 4096},          {"group", int64_t{1} << 24},
-    {"window", int64_t{1} << 24}, {"repetitions", 1 << 20},  {"outlier_channels", 32768},
-    {"head_group", 4096}};
-
 
 std::string at(const std::string& path, const toml::node& node, const std::string& key) {
   return path + ":" + std::to_string(node.source().begin.line) + ":" +
@@ -135,81 +86,67 @@ bool power_of_two(int64_t n) {
   return n > 0 && (n & (n - 1)) == 0;
 }
 
-// One scalar, type-checked and range-checked for its key.
-nlohmann::json scalar(const std::string& key, const toml::node& node, const std::string& where) {
-  if (kIntKeys.count(key)) {
+// "a, b, c" of `names` in sorted order (the order errors list them in).
+std::string sorted_list(std::vector<std::string> names) {
+  std::sort(names.begin(), names.end());
+  std::string list;
+  for (const std::string& n : names) list += (list.empty() ? "" : ", ") + n;
+  return list;
+}
+
+// One scalar of a common key, type-checked and range-checked.
+nlohmann::json scalar(const KeyDef& key, const toml::node& node, const std::string& where) {
+  const std::string& k = key.name;
+  if (key.type == KeyType::Int) {
     if (!node.is_integer()) throw Error(where + ": expected an integer");
     const int64_t v = *node.value<int64_t>();
-    if (key == "bits" && !valid_bits(static_cast<int>(v)))
+    if (k == "bits" && !valid_bits(static_cast<int>(v)))
       throw Error(where + ": bits must be one of 1, 2, 3, 4, 8 (got " + std::to_string(v) + ")");
-    if (key == "n" && (!power_of_two(v) || v < 2 || v > 32768))
+    if (k == "n" && (!power_of_two(v) || v < 2 || v > 32768))
       throw Error(where + ": fwht size must be a power of two in 2..32768 (got " +
                   std::to_string(v) + ")");
-    if (key == "seed"                                                     ? v < 0
-        : key == "outlier_channels" || key == "window" || key == "layers" ? v < 0
-                                                                          : v <= 0)
+    if (k == "seed"                                                 ? v < 0
+        : k == "outlier_channels" || k == "window" || k == "layers" ? v < 0
+                                                                    : v <= 0)
       throw Error(where + ": out of range (got " + std::to_string(v) + ")");
-    if (const auto limit = kIntLimits.find(key); limit != kIntLimits.end())
-      check_limit(where, "value", v, limit->second);
+    if (const int64_t limit = key_limit(key)) check_limit(where, "value", v, limit);
     return v;
   }
-  if (kFloatKeys.count(key)) {
+  if (key.type == KeyType::Double) {
     if (!node.is_number()) throw Error(where + ": expected a number");
     const double v = *node.value<double>();
-    if (!(v >= 0.0) || (key == "clip" && (v <= 0.0 || v > 1.0)))
+    if (!(v >= 0.0) || (k == "clip" && (v <= 0.0 || v > 1.0)))
       throw Error(where + ": out of range (got " + std::to_string(v) + ")");
     return v;
   }
-  if (key == "reorder") {
+  if (key.type == KeyType::Bool) {
     if (!node.is_boolean()) throw Error(where + ": expected true or false");
     return *node.value<bool>();
   }
   if (!node.is_string()) throw Error(where + ": expected a string");
   const std::string v = *node.value<std::string>();
-  if (key == "op" && !kOps.count(v) && !find_study_op(v)) {
-    std::string known;
-    for (const std::string& op : kOps) known += (known.empty() ? "" : ", ") + op;
-    for (const StudyOp& op : study_ops()) known += ", " + op.op;
-    throw Error(where + ": unknown op '" + v + "' (known: " + known + ")");
+  if (k == "op" && !find_op_keys(v)) {
+    std::vector<std::string> backend;
+    std::string studies;
+    for (const OpKeys& op : op_keys())
+      if (op.study)
+        studies += ", " + op.op;
+      else
+        backend.push_back(op.op);
+    throw Error(where + ": unknown op '" + v + "' (known: " + sorted_list(backend) + studies + ")");
   }
-  if (const auto it = kChoices.find(key); it != kChoices.end() && !it->second.count(v)) {
-    std::string list;
-    for (const std::string& c : it->second) list += (list.empty() ? "" : ", ") + c;
-    throw Error(where + ": '" + v + "' is not one of " + list);
-  }
+  if (!key.choices.empty() &&
+      std::find(key.choices.begin(), key.choices.end(), v) == key.choices.end())
+    throw Error(where + ": '" + v + "' is not one of " + sorted_list(key.choices));
   return v;
 }
 
-std::string name_part(const std::string& key, const nlohmann::json& v) {
-  static const std::map<std::string, std::string> prefix = {{"tokens", "T"},
-                                                            {"bits", "b"},
-                                                            {"group", "G"},
-                                                            {"n", "n"},
-                                                            {"head_dim", "d"},
-                                                            {"heads", "H"},
-                                                            {"hidden", "h"},
-                                                            {"seed", "s"},
-                                                            {"layers", "L"},
-                                                            {"head_group", "g"},
-                                                            {"experts", "E"},
-                                                            {"top_k", "k"},
-                                                            {"q_heads", "Hq"},
-                                                            {"window", "R"},
-                                                            {"outlier_channels", "o"},
-                                                            {"outlier_scale", "x"},
-                                                            {"clip", "clip"},
-                                                            {"tolerance", "tol"},
-                                                            {"repetitions", "r"}};
-  const auto it = prefix.find(key);
-  if (it == prefix.end() && !kCaseKeys.count(key)) {
-    // A study's own key: its name then the value ("pfn1"); a path by its file stem.
-    const StudyKey* k = study_key(key);
-    if (k && k->type == KeyType::Path)
-      return std::filesystem::path(v.get<std::string>()).stem().string();
-    return key + (v.is_string() ? v.get<std::string>() : v.dump());
-  }
-  return (it != prefix.end() ? it->second : std::string()) +
-         (v.is_string() ? v.get<std::string>() : v.dump());
+std::string name_part(const KeyDef& key, const nlohmann::json& v) {
+  const std::string value = v.is_string() ? v.get<std::string>() : v.dump();
+  if (!key.study) return key.prefix + value;
+  // A study's own key: its name then the value ("pfn1"); a path by its file stem.
+  if (key.type == KeyType::Path) return std::filesystem::path(value).stem().string();
+  return key.name + value;
 }
 
 std::vector<std::string> strings(const toml::node& node, const std::string& where) {
@@ -268,18 +205,14 @@ void check_case(const ScenarioCase& c, const std::map<std::string, std::string>&
                 op + " is bit-exact: gate = \"exact\" or \"none\")");
   if (op == "method" && !c.params.contains("method"))
     throw Error(where("method") + ": op = \"method\" needs a method");
-  // A study's own keys belong to the ops that declare them.
-  const StudyOp* study = find_study_op(op);
-  const auto declares = [&](const std::string& key) {
-    return study && std::any_of(study->keys.begin(), study->keys.end(),
-                                [&](const StudyKey& k) { return k.name == key; });
-  };
+  // A study's own keys belong to the ops whose table lists them.
+  const OpKeys* keys = find_op_keys(op);
+  const auto declares = [&](const std::string& key) { return keys && keys->reads(key); };
   for (const auto& [key, value] : c.params.items())
-    if (!kCaseKeys.count(key) && !declares(key)) {
+    if (find_key_def(key)->study && !declares(key)) {
       std::string ops;
-      for (const StudyOp& s : study_ops())
-        for (const StudyKey& k : s.keys)
-          if (k.name == key) ops += (ops.empty() ? "" : ", ") + s.op;
+      for (const OpKeys& o : op_keys())
+        if (o.reads(key)) ops += (ops.empty() ? "" : ", ") + o.op;
       throw Error(where(key) + ": applies to op " + ops + " only (this case's op is '" + op + "')");
     }
   if (c.input == "model") {
@@ -319,6 +252,15 @@ std::vector<nlohmann::json> recording_layers(const std::string& file, const std:
   if (layers.empty())
     throw Error(where + ": recording '" + file + "' has no tensor 'layers.0." + tensor + "'");
   return layers;
+}
+
+// The recording tensor a case reads (layers.{i}.TENSOR): a backend op's `tensor` (its default by
+// op, harness/scenario/case_keys.cpp), else `tensor` or k.
+std::string recording_tensor(const nlohmann::json& params) {
+  const std::string op = params.value("op", "");
+  const OpKeys* keys = find_op_keys(op);
+  if (keys && !keys->study) return std::get<BackendCase>(parse_case_keys(op, params)).tensor;
+  return params.value("tensor", std::string("k"));
 }
 
 bool variable_char(char ch, bool first) {
@@ -432,8 +374,8 @@ Scenario load_scenario(const std::string& path, const ScenarioVars& vars) {
       const std::string where = at(path, *node, k);
       key_at[k] = path + ":" + std::to_string(node->source().begin.line) + ":" +
                   std::to_string(node->source().begin.column);
-      const StudyKey* skey = kCaseKeys.count(k) ? nullptr : study_key(k);
-      if (!kCaseKeys.count(k) && !skey) throw Error(where + ": unknown key in [[case]]");
+      const KeyDef* def = find_key_def(k);
+      if (!def) throw Error(where + ": unknown key in [[case]]");
       if (k == "backends") {
         base.backends = strings(*node, where);
       } else if (k == "name") {
@@ -453,10 +395,12 @@ Scenario load_scenario(const std::string& path, const ScenarioVars& vars) {
         if (arr->empty()) throw Error(where + ": empty sweep");
         std::vector<nlohmann::json> values;
         for (const toml::node& e : *arr)
-          values.push_back(skey ? study_scalar(*skey, e, where, folder) : scalar(k, e, where));
+          values.push_back(def->study ? study_scalar(*def, e, where, folder)
+                                      : scalar(*def, e, where));
         sweeps.emplace_back(k, std::move(values));
       } else {
-        base.params[k] = skey ? study_scalar(*skey, *node, where, folder) : scalar(k, *node, where);
+        base.params[k] = def->study ? study_scalar(*def, *node, where, folder)
+                                    : scalar(*def, *node, where);
       }
     }
     const auto swept = [&](const std::string& key) {
@@ -468,12 +412,13 @@ Scenario load_scenario(const std::string& path, const ScenarioVars& vars) {
     // A recording without `layers` means every layer it holds: an implicit last sweep.
     const std::string base_op = base.params.value("op", std::string());
     // Study ops read every layer themselves.
-    if (base.input != "synthetic" && base.input != "model" && !find_study_op(base_op) &&
+    const OpKeys* base_keys = find_op_keys(base_op);
+    if (base.input != "synthetic" && base.input != "model" && !(base_keys && base_keys->study) &&
         !base.params.contains("layers") && !swept("layers")) {
       ScenarioCase probe = base;
       for (const auto& [key, values] : sweeps) probe.params[key] = values.front();
       const std::string tensor =
-          base_op == "expert_statistics" ? "experts.ids" : case_tensor(probe);
+          base_op == "expert_statistics" ? "experts.ids" : recording_tensor(probe.params);
       sweeps.emplace_back("layers",
                           recording_layers(base.input, tensor, at(path, cnode, "layers")));
     }
@@ -497,10 +442,12 @@ Scenario load_scenario(const std::string& path, const ScenarioVars& vars) {
         parts.push_back(base_op);
       for (size_t i = 0; i < sweeps.size(); ++i) {
         c.params[sweeps[i].first] = sweeps[i].second[index[i]];
-        parts.push_back(name_part(sweeps[i].first, sweeps[i].second[index[i]]));
+        parts.push_back(name_part(*find_key_def(sweeps[i].first), sweeps[i].second[index[i]]));
       }
       for (const std::string& part : parts) c.name += (c.name.empty() ? "" : "/") + part;
       check_case(c, key_at);
+      c.op = c.params["op"].get<std::string>();
+      c.keys = parse_case_keys(c.op, c.params);
       if (!names.insert(c.name).second)
         throw Error(base.where + ": key 'name': case name '" + c.name +
                     "' is used twice (give the case a distinct name)");
@@ -511,30 +458,6 @@ Scenario load_scenario(const std::string& path, const ScenarioVars& vars) {
     }
   }
   return scenario;
-}
-
-int64_t case_int(const ScenarioCase& c, const std::string& key, int64_t fallback) {
-  return c.params.contains(key) ? c.params[key].get<int64_t>() : fallback;
-}
-double case_double(const ScenarioCase& c, const std::string& key, double fallback) {
-  return c.params.contains(key) ? c.params[key].get<double>() : fallback;
-}
-bool case_bool(const ScenarioCase& c, const std::string& key, bool fallback) {
-  return c.params.contains(key) ? c.params[key].get<bool>() : fallback;
-}
-std::string case_string(const ScenarioCase& c, const std::string& key,
-                        const std::string& fallback) {
-  return c.params.contains(key) ? c.params[key].get<std::string>() : fallback;
-}
-
-std::string case_tensor(const ScenarioCase& c) {
-  const std::string op = case_string(c, "op", "");
-  const std::string fallback = op == "rotate_k" || op == "rotate_quantize"
-                                   ? "k_pre_rope"  // docs/spec.md §2: pre-RoPE keys
-                               : op == "rotate_v"     ? "v"
-                               : op == "token_absmax" ? "hidden_in"  // docs/spec.md §4
-                                                      : "k";
-  return case_string(c, "tensor", fallback);
 }
 
 }  // namespace kvq

@@ -8,11 +8,15 @@
 #include <string>
 #include <vector>
 
+#include "harness/scenario/case_keys.h"
+
 namespace kvq {
 
 struct ScenarioCase {
   std::string name;                   // stable: prefix or op, then one part per swept key
-  nlohmann::json params;              // every key of the case with its expanded value
+  std::string op;                     // the op's name (a key of op_keys())
+  CaseKeys keys;                      // the op's struct: every key it reads, defaults filled
+  nlohmann::json params;              // every key of the case with its expanded value (stored)
   std::vector<std::string> backends;  // per-case override (empty: the scenario's)
   std::string input = "synthetic";    // "synthetic" or a recording path (resolved)
   std::string where;                  // "FILE:LINE" of the [[case]]
@@ -30,14 +34,10 @@ struct Scenario {
 using ScenarioVars = std::map<std::string, std::string>;
 Scenario load_scenario(const std::string& path, const ScenarioVars& vars = {});
 
-// Typed access to an expanded case's parameters with the documented defaults.
-int64_t case_int(const ScenarioCase& c, const std::string& key, int64_t fallback);
-double case_double(const ScenarioCase& c, const std::string& key, double fallback);
-bool case_bool(const ScenarioCase& c, const std::string& key, bool fallback);
-std::string case_string(const ScenarioCase& c, const std::string& key, const std::string& fallback);
-// The recording tensor a case reads (layers.{i}.TENSOR): `tensor`, else by op: k_pre_rope for
-// rotate_k and rotate_quantize (docs/spec.md §2), v for rotate_v, hidden_in for token_absmax, else
-// k.
-std::string case_tensor(const ScenarioCase& c);
+// The op's struct of a case (std::get, so a study reading another op's struct throws).
+template <class C>
+const C& case_keys(const ScenarioCase& c) {
+  return std::get<C>(c.keys);
+}
 
 }  // namespace kvq

@@ -436,11 +436,12 @@ nlohmann::json pairs(const std::vector<LayerExpert>& list) {
 }  // namespace
 
 StudyOutcome experts_op(const ScenarioCase& c) {
+  const ExpertsCase& k = case_keys<ExpertsCase>(c);
   ExpertStudyParams p;
-  p.selection.include_layers = case_double(c, "include_layers", p.selection.include_layers);
-  p.massive.tau_abs = static_cast<float>(case_double(c, "tau_abs", p.massive.tau_abs));
-  p.massive.tau_rel = static_cast<float>(case_double(c, "tau_rel", p.massive.tau_rel));
-  const std::string path = case_recording(c);
+  p.selection.include_layers = k.include_layers;
+  p.massive.tau_abs = static_cast<float>(k.tau_abs);
+  p.massive.tau_rel = static_cast<float>(k.tau_rel);
+  const std::string path = case_recording(c, k);
   const ExpertStudy s = [&] {
     try {
       return run_expert_study(SafetensorsFile::open(path), p);

@@ -127,21 +127,15 @@ PaperClaim paper_claim(Method method) {
   return {};
 }
 
-std::vector<StudyKey> memory_study_keys() {
-  return {{"context", KeyType::Int},
-          {"budget_gib", KeyType::Double},
-          {"weights_gib", KeyType::Double},
-          {"batch", KeyType::Int}};
-}
-
 StudyOutcome memory_study_case(const ScenarioCase& c) {
-  const MethodParams params = method_params(c);
+  const MemoryCase& k = case_keys<MemoryCase>(c);
+  const MethodParams params = method_params(k);
   MemoryModel model;
-  model.layers = case_int(c, "layers", model.layers);
-  model.kv_heads = case_int(c, "heads", model.kv_heads);
-  model.head_dim = case_int(c, "head_dim", model.head_dim);
-  model.budget_gib = case_double(c, "budget_gib", model.budget_gib);
-  model.weights_gib = case_double(c, "weights_gib", model.weights_gib);
+  model.layers = k.layers;
+  model.kv_heads = k.heads.value_or(model.kv_heads);
+  model.head_dim = k.head_dim.value_or(model.head_dim);
+  model.budget_gib = k.budget_gib;
+  model.weights_gib = k.weights_gib;
 
   // The measuring recording: synthetic at the model's KV shape (4 layers: SynthParams' default,
   // half TSA and half PSA for akvq-vl as in any even-layered model), or the case's recording.
@@ -153,18 +147,18 @@ StudyOutcome memory_study_case(const ScenarioCase& c) {
   std::string source;
   SynthParams sp;
   if (c.input == "synthetic") {
-    sp.seed = static_cast<uint64_t>(case_int(c, "seed", static_cast<int64_t>(sp.seed)));
-    sp.tokens = case_int(c, "tokens", sp.tokens);
+    sp.seed = static_cast<uint64_t>(k.seed);
+    sp.tokens = k.tokens;
     sp.kv_heads = model.kv_heads;
-    sp.heads = case_int(c, "q_heads", model.kv_heads);
+    sp.heads = k.q_heads.value_or(model.kv_heads);
     sp.head_dim = model.head_dim;
-    sp.hidden = case_int(c, "hidden", sp.hidden);
+    sp.hidden = k.hidden;
     sp.experts = 0;  // methods read no expert tensors
     source = nlohmann::json({{"synthetic", {sp.seed, sp.tokens, sp.kv_heads, sp.heads,
                                             sp.head_dim, sp.hidden}}})
                  .dump();
   } else {
-    source = case_recording(c);
+    source = c.input;  // a recording path (memory reads no model: input = "model" is refused)
   }
   const std::string key = source + id.dump();
   auto it = measured.find(key);
@@ -181,13 +175,13 @@ StudyOutcome memory_study_case(const ScenarioCase& c) {
     }
     it = measured.emplace(key, measure_storage(*loaded.second, params)).first;
   }
-  if (c.input != "synthetic" && !c.params.contains("heads") && !c.params.contains("head_dim")) {
+  if (c.input != "synthetic" && !k.heads && !k.head_dim) {
     model.kv_heads = 1;  // a recording and no model shape: the recording's channels (as one head)
     model.head_dim = it->second.channels;
   }
   const MethodStorage& storage = it->second;
   const MemoryResult r =
-      memory_at_context(storage, model, case_int(c, "context", 4096), case_int(c, "batch", 0));
+      memory_at_context(storage, model, k.context, k.batch);
 
   StudyOutcome out;
   auto add = [&](const std::string& metric, double value, const std::string& unit) {

@@ -68,6 +68,5 @@ PaperClaim paper_claim(Method method);
 // The scenario op: keys method, bits, group, window, context, layers/heads/head_dim (the model
 // shape; heads = KV heads, also the synthetic recording's), budget_gib, weights_gib, batch.
 StudyOutcome memory_study_case(const ScenarioCase& c);
-std::vector<StudyKey> memory_study_keys();
 
 }  // namespace kvq

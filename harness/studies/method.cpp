@@ -26,22 +26,21 @@
 
 namespace kvq {
 
-MethodParams method_params(const ScenarioCase& c) {
+MethodParams method_params(const MethodKeys& k) {
   MethodParams params;
-  params.method = parse_method(case_string(c, "method", "rtn"));
-  params.bits = static_cast<int>(case_int(c, "bits", params.bits));
-  params.group = case_int(c, "group", params.group);
-  params.window = case_int(c, "window", params.window);
-  if (c.params.contains("clip")) params.clip = static_cast<float>(case_double(c, "clip", 1.0));
-  params.zero_point =
-      case_string(c, "zero_point", "float") == "int" ? ZeroPoint::Int : ZeroPoint::Float;
-  params.head_group = static_cast<int>(case_int(c, "head_group", params.head_group));
+  params.method = parse_method(k.method);
+  params.bits = static_cast<int>(k.bits);
+  params.group = k.group;
+  params.window = k.window;
+  params.clip = static_cast<float>(k.clip);  // -1 unless given: the method's
+  params.zero_point = k.zero_point == "int" ? ZeroPoint::Int : ZeroPoint::Float;
+  params.head_group = static_cast<int>(k.head_group);
   // The knobs of docs/readme-studies.md's equal-bits study and ablations.
-  params.outlier_fraction = case_double(c, "outlier_fraction", params.outlier_fraction);
-  params.first_tokens = case_int(c, "first_tokens", params.first_tokens);
-  params.pivot.top_k = case_int(c, "pivots", params.pivot.top_k);
-  params.reorder = case_bool(c, "reorder", params.reorder);
-  const MassiveRule rule = parse_massive_rule(case_string(c, "massive_rule", "token"));
+  params.outlier_fraction = k.outlier_fraction;
+  params.first_tokens = k.first_tokens;
+  params.pivot.top_k = k.pivots;
+  params.reorder = k.reorder;
+  const MassiveRule rule = parse_massive_rule(k.massive_rule);
   params.pivot.massive.rule = params.kvsink.massive.rule = rule;
   return params;
 }
@@ -90,15 +89,14 @@ struct CasePpl {
   double ppl = 0.0, ppl_fp32 = 0.0, bits_per_element = 32.0;
 };
 CasePpl case_perplexity(const ScenarioCase& c, const MethodParams& params) {
-  for (const char* key : {"tokenizer", "text"})
-    if (!c.params.contains(key))
+  const MethodCase& k = case_keys<MethodCase>(c);
+  for (const auto& [key, given] : {std::pair{"tokenizer", k.tokenizer}, std::pair{"text", k.text}})
+    if (!given)
       throw Error(c.where + ": key '" + key + "': perplexity (key 'model') needs model, " +
                   "tokenizer and text");
-  const std::string model_path = case_string(c, "model", ""),
-                    tokenizer_path = case_string(c, "tokenizer", ""),
-                    text_path = case_string(c, "text", "");
-  const int64_t max_tokens = case_int(c, "ppl_tokens", -1);
-  const int64_t window = case_int(c, "ppl_window", 256);
+  const std::string model_path = *k.model, tokenizer_path = *k.tokenizer, text_path = *k.text;
+  const int64_t max_tokens = k.ppl_tokens.value_or(-1);
+  const int64_t window = k.ppl_window;
   if (max_tokens == 0)
     throw Error(c.where + ": key 'ppl_tokens': must be positive (omit it for the whole text)");
   const PplSource& source = ppl_source(model_path, tokenizer_path, text_path);
@@ -180,8 +178,8 @@ double attention_score_kl(std::span<const float> q, int64_t q_heads, const KvSha
 
 namespace {
 
-SynthParams synth_without_experts(const ScenarioCase& c) {
-  SynthParams p = case_synth_params(c);
+SynthParams synth_without_experts(const RecordingKeys& k) {
+  SynthParams p = case_synth_params(k);
   p.experts = 0;
   return p;
 }
@@ -191,12 +189,13 @@ SynthParams synth_without_experts(const ScenarioCase& c) {
 StudyOutcome method_study(const ScenarioCase& c) {
   // Synthetic input is synthesized in memory (cheaper than the cache file: methods read no
   // expert tensors).
+  const MethodCase& k = case_keys<MethodCase>(c);
   const RecordingLayers rec =
-      c.input == "synthetic" ? load_recording_layers(synthesize(synth_without_experts(c)))
-                             : load_recording_layers(SafetensorsFile::open(case_recording(c)));
+      c.input == "synthetic" ? load_recording_layers(synthesize(synth_without_experts(k)))
+                             : load_recording_layers(SafetensorsFile::open(case_recording(c, k)));
   const std::vector<LayerTensors>& tensors = rec.layers;
   const auto layers = static_cast<int64_t>(tensors.size());
-  MethodParams params = method_params(c);
+  MethodParams params = method_params(k);
   params.rope_theta = recording_rope_theta(rec, params.rope_theta);
 
   const auto start = std::chrono::steady_clock::now();
@@ -250,7 +249,7 @@ StudyOutcome method_study(const ScenarioCase& c) {
                       {"ref", "score_kl", kl, "nats", 1, 0.0}};
   out.note = "kv_nmse " + number(kv) + ", attention " + number(m.attention_rel_error) + ", kl " +
              number(kl) + ", bits/elem " + number(bits);
-  if (c.params.contains("model")) {
+  if (k.model) {
     const auto [ppl, ppl_fp32, ppl_bits] = case_perplexity(c, params);
     out.measurements.push_back({"ref", "ppl", ppl, "", 1, 0.0});
     out.measurements.push_back({"ref", "ppl_fp32", ppl_fp32, "", 1, 0.0});

@@ -22,7 +22,8 @@ StudyOutcome method_study(const ScenarioCase& c);
 
 // The case's method parameters (method, bits, group, window, clip, zero_point, head_group;
 // MethodParams' defaults for the keys it lacks).
-MethodParams method_params(const ScenarioCase& c);
+// A method case's parameters (op method and memory).
+MethodParams method_params(const MethodKeys& k);
 
 // score_kl of one layer: the newest token's query `q` [q_heads, d] (post-RoPE) over all T keys,
 // probabilities P from `k_exact` and Q from `k_method` (both [T, H_kv * d], post-RoPE), in fp64:

@@ -141,21 +141,17 @@ PruningResult run_pruning(const PruningParams& params, const std::string& target
   return out;
 }
 
-std::vector<StudyKey> pruning_study_keys() {
-  return {{"prune", KeyType::String}, {"tau_abs", KeyType::Double}, {"tau_rel", KeyType::Double},
-          {"tau_mass", KeyType::Double}};
-}
-
 StudyOutcome pruning_study_case(const ScenarioCase& c) {
   if (c.input != "synthetic")
     throw Error(c.where + ": expert_pruning regenerates the synthetic MoE; input must be "
                 "\"synthetic\", not '" + c.input + "'");
+  const PruningCase& k = case_keys<PruningCase>(c);
   PruningParams params;
-  params.synth = case_synth_params(c);
-  params.massive.tau_abs = static_cast<float>(case_double(c, "tau_abs", 100.0));
-  params.massive.tau_rel = static_cast<float>(case_double(c, "tau_rel", 100.0));
-  params.scores.tau_mass = case_double(c, "tau_mass", params.scores.tau_mass);
-  const PruningResult r = run_pruning(params, case_string(c, "prune", "se1"));
+  params.synth = case_synth_params(k);
+  params.massive.tau_abs = static_cast<float>(k.tau_abs);
+  params.massive.tau_rel = static_cast<float>(k.tau_rel);
+  params.scores.tau_mass = k.tau_mass;
+  const PruningResult r = run_pruning(params, k.prune);
 
   StudyOutcome out;
   auto add = [&](const std::string& metric, double value, const std::string& unit) {

@@ -64,6 +64,5 @@ PruningResult run_pruning(const PruningParams& params, const std::string& target
 // max_ratio_before/after, sink_mass_before/after, sinks_before/after, activations_identical and
 // per layer massive_before/after_L<l>, max_ratio_before/after_L<l>.
 StudyOutcome pruning_study_case(const ScenarioCase& c);
-std::vector<StudyKey> pruning_study_keys();  // the keys beyond the common ones, typed
 
 }  // namespace kvq

@@ -407,14 +407,15 @@ std::string number(double v) {
 }  // namespace
 
 StudyOutcome sinks_op(const ScenarioCase& c) {
+  const SinksCase& k = case_keys<SinksCase>(c);
   SinkStudyParams p;
-  p.tau_mass = case_double(c, "tau_mass", p.tau_mass);
-  p.pfn = {case_int(c, "pfn", 1)};  // docs/spec.md §4 default N = 1; a scenario sweeps [1, 4]
-  p.massive.tau_abs = static_cast<float>(case_double(c, "tau_abs", p.massive.tau_abs));
-  p.massive.tau_rel = static_cast<float>(case_double(c, "tau_rel", p.massive.tau_rel));
-  p.massive.rule = parse_massive_rule(case_string(c, "massive_rule", "token"));
-  p.kvsink.tau_k = static_cast<float>(case_double(c, "tau_k", p.kvsink.tau_k));
-  const std::string path = case_recording(c);
+  p.tau_mass = k.tau_mass;
+  p.pfn = {k.pfn};  // docs/spec.md §4 default N = 1; a scenario sweeps [1, 4]
+  p.massive.tau_abs = static_cast<float>(k.tau_abs);
+  p.massive.tau_rel = static_cast<float>(k.tau_rel);
+  p.massive.rule = parse_massive_rule(k.massive_rule);
+  p.kvsink.tau_k = static_cast<float>(k.tau_k);
+  const std::string path = case_recording(c, k);
   const SinkStudy s = [&] {
     try {
       return run_sink_study(SafetensorsFile::open(path), p);

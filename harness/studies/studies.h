@@ -1,7 +1,8 @@
 // Study ops: scenario ops that answer a question on the reference only (op = "method", "sinks",
 // "experts", ...), measured and stored, never gated against another backend. The runner asks
-// this table for an op before it looks for a backend op; the scenario loader accepts each study's
-// op name and keys from it, so a new study is one entry here and one file of its own.
+// this table for an op before it looks for a backend op. A study's keys and their types and
+// defaults are its table in harness/scenario/case_keys.cpp (the loader fills its struct), so a new
+// study is one table there, one entry here and one file of its own.
 #pragma once
 
 #include <string>
@@ -12,15 +13,6 @@
 
 namespace kvq {
 
-// Path: a string naming a file, resolved relative to the scenario file at load (a missing file is
-// a FILE:LINE key error); case names show its stem.
-enum class KeyType { Int, Double, String, Bool, Path };
-
-struct StudyKey {
-  std::string name;
-  KeyType type;
-};
-
 struct StudyOutcome {
   std::vector<Measurement> measurements;  // backend "ref" unless the study says otherwise
   std::string note;                       // one line for the run table
@@ -30,12 +22,11 @@ struct StudyOutcome {
 };
 
 struct StudyOp {
-  std::string op;                 // the scenario's op = "..."
-  std::vector<StudyKey> keys;     // keys this op reads beyond the common ones (input, seed, ...)
+  std::string op;                              // the scenario's op = "..." (a study in op_keys())
   StudyOutcome (*run)(const ScenarioCase& c);  // throws kvq::Error naming what failed
 };
 
-// Every study op, in the order docs/scenario-format.md lists them.
+// Every study op, in op_keys() order (tests/test_study_ops.cpp checks they are the same).
 const std::vector<StudyOp>& study_ops();
 const StudyOp* find_study_op(const std::string& op);  // nullptr when op is not a study
 

@@ -226,28 +226,22 @@ VlmStudy run_vlm_study(const RecordingLayers& rec, const VlmParams& params) {
   return out;
 }
 
-std::vector<StudyKey> vlm_study_keys() {
-  return {{"bits_hi", KeyType::Int},
-          {"bits_pay", KeyType::Int},
-          {"image_tokens", KeyType::Int},
-          {"text_attention", KeyType::Double}};
-}
-
 StudyOutcome vlm_study_case(const ScenarioCase& c) {
+  const VlmCase& k = case_keys<VlmCase>(c);
   VlmParams p;
-  p.bits = static_cast<int>(case_int(c, "bits", p.bits));
-  p.bits_hi = static_cast<int>(case_int(c, "bits_hi", p.bits_hi));
-  p.bits_pay = static_cast<int>(case_int(c, "bits_pay", p.bits - 1));  // one level down
-  p.group = case_int(c, "group", p.group);
+  p.bits = static_cast<int>(k.bits);
+  p.bits_hi = static_cast<int>(k.bits_hi);
+  p.bits_pay = static_cast<int>(k.bits_pay.value_or(k.bits - 1));  // one level down
+  p.group = k.group;
   VlmStudy s;
   if (c.input == "synthetic") {
     // Synthesized in memory rather than through the cache file (no expert tensors needed): the
     // modality mix is what this study varies. Keys as `kvq synth` names them (heads = KV heads).
-    SynthParams sp = case_synth_params(c);
+    SynthParams sp = case_synth_params(k);
     sp.experts = 0;
     s = run_vlm_study(load_recording_layers(synthesize(sp)), p);
   } else {
-    const SafetensorsFile file = SafetensorsFile::open(case_recording(c));
+    const SafetensorsFile file = SafetensorsFile::open(case_recording(c, k));
     s = run_vlm_study(load_recording_layers(file), p);
   }
 

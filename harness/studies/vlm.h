@@ -92,6 +92,5 @@ VlmStudy run_vlm_study(const RecordingLayers& recording, const VlmParams& params
 // spec_beats_uniform_above (1/0) and per layer
 // akvq/uniform/spec_attention_rel_error_L<l> and promoted_L<l>.
 StudyOutcome vlm_study_case(const ScenarioCase& c);
-std::vector<StudyKey> vlm_study_keys();
 
 }  // namespace kvq
