@@ -9,7 +9,7 @@ Compares, and prints one line per difference (exit status 1 when any):
   - `kvq gate S.toml --db X` for each scenario (default scenarios/ci.toml): exit status, the
     summary line, and the SQLite rows of runs (scenario, hash, status), cases, checks and
     measurements without ids, run ids and times (values of metrics in seconds are left out),
-    sorted;
+    sorted; a study's cached recording path (its name hashes the binary) as CACHE/;
   - every `kvq report` query of `kvq report --list`, in table, csv and json, plus --compare of the
     run with itself: both binaries read the same database (BEFORE's), so the output is compared
     byte for byte, timings included.
@@ -39,6 +39,14 @@ def report_queries(kvq, cwd, db):
     return [q for q in re.findall(r"^  ([a-z_]+)\s", out.decode(), re.M)]
 
 
+def cached_recording(row):
+    """A study's params_json names the recording it read; one made for the case lies in the cache
+    under the sha256 of an identity that includes the kvq binary's path, size and mtime
+    (harness/recording/case_recording.h), so two builds never share it: compared as CACHE/."""
+    return tuple(re.sub(r'"recording":"[^"]*/kvq-cache-[^"/]*/[0-9a-f]{64}\.safetensors"',
+                        '"recording":"CACHE/"', v) if isinstance(v, str) else v for v in row)
+
+
 def rows(db):
     con = sqlite3.connect(db)
     q = {
@@ -52,7 +60,8 @@ def rows(db):
                         "m.repetitions, CASE WHEN m.unit = 's' THEN NULL ELSE m.spread END "
                         "FROM measurements m JOIN cases c ON c.id = m.case_id",
     }
-    out = {t: sorted(map(repr, con.execute(s).fetchall())) for t, s in q.items()}
+    out = {t: sorted(map(repr, map(cached_recording, con.execute(s).fetchall())))
+           for t, s in q.items()}
     con.close()
     return out
 
