@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -333,4 +334,20 @@ TEST_CASE("scenario: docs/scenario-format.md's key table is the loader's (case_k
   // Every key of the loader has a row; every row a key (the table is generated, but say so).
   for (const kvq::KeyDef& key : kvq::key_defs())
     CHECK(table.find("| `" + key.name + "` |") != std::string::npos);
+}
+
+TEST_CASE("scenario: every key an op table lists is a known key, and every key is read by an op") {
+  std::set<std::string> read;
+  for (const kvq::OpKeys& op : kvq::op_keys())
+    for (const std::string& key : op.keys) {
+      INFO(op.op << " reads " << key);
+      CHECK(kvq::find_key_def(key) != nullptr);
+      read.insert(key);
+    }
+  // name, op, input and backends shape the case itself (ScenarioCase), not an op's struct.
+  for (const kvq::KeyDef& key : kvq::key_defs()) {
+    INFO(key.name);
+    CHECK((read.count(key.name) == 1) != (key.name == "name" || key.name == "op" ||
+                                          key.name == "input" || key.name == "backends"));
+  }
 }
