@@ -546,8 +546,9 @@ inline typename S::V soa_code(const float* p, const SoaCoding<S>& k, typename S:
   const typename S::V t = IntZero ? x : S::add(k.negz, x);  // x + (-z) is x - z bit for bit
   typename S::V u = Exact ? S::div(t, k.s) : S::mul(t, k.inv);
   u = S::min(k.upper, S::max(k.lower, u));  // operands so ordered that a NaN u stays NaN
-  const typename S::V r = S::round_ne(u);
-  if constexpr (!Exact) m = S::max_abs(m, S::sub(u, r));
+  typename S::V d;
+  const typename S::V r = S::round_split(u, d);
+  if constexpr (!Exact) m = S::max_abs(m, d);
   return r;
 }
 

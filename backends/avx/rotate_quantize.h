@@ -181,17 +181,22 @@ inline const float* rotate_block(const void* src, int64_t t0, int64_t cols, cons
       return S::load_bf16(stage + (i + j) * W);
     }
   };
-  // The next block's rows are fetched while this one computes: W row streams at once are more
-  // than the hardware prefetchers follow. Bytes per cache line: 64.
+  // The next block's rows are fetched while this one computes where S::kPrefetchRows says so:
+  // W row streams at once were more than the AMD Zen host's hardware prefetchers followed, while
+  // on the Intel Xeon (AVX-512) host the prefetches only cost time (docs/readme-avx.md, session
+  // 5). Bytes per cache line: 64.
   using Elem = std::conditional_t<kType == Src::F32, float, uint16_t>;
   constexpr int64_t kLine = 64 / static_cast<int64_t>(sizeof(Elem));
   const Elem* x = static_cast<const Elem*>(src) + t0 * cols;
   const char* next = prefetch_rows ? reinterpret_cast<const char*>(x + W * cols) : nullptr;
+  const int64_t row_bytes = cols * static_cast<int64_t>(sizeof(Elem));
   for (int64_t c0 = 0; c0 < cols; c0 += span) {
     if (next)
-      for (int64_t c = c0; c < c0 + span; c += kLine)
-        for (int l = 0; l < W; ++l)
-          _mm_prefetch(next + (l * cols + c) * static_cast<int64_t>(sizeof(Elem)), _MM_HINT_T0);
+      for (int64_t c = c0; c < c0 + span; c += kLine) {
+        const char* p = next + c * static_cast<int64_t>(sizeof(Elem));
+#pragma GCC unroll 16
+        for (int l = 0; l < W; ++l, p += row_bytes) _mm_prefetch(p, _MM_HINT_T0);
+      }
     if constexpr (kType == Src::F32) {
       for (int64_t c = c0; c < c0 + span; c += W) S::stage_f32(x + c, cols, a + c * W);
     } else {
@@ -266,7 +271,7 @@ void rotate_quantize_blocks(const void* src, const RowRotation& rot, const Quant
         continue;
       }
       const int64_t t0 = it * W;
-      const bool prefetch = t0 + 2 * W <= spec.rows;  // the next block exists
+      const bool prefetch = S::kPrefetchRows && t0 + 2 * W <= spec.rows;  // next block exists
       const float* q =
           rotate_block<S, kType>(src, t0, cols, rot, passes, perm_offset, prefetch, stage, a, b);
       unsigned redo = 0;

@@ -81,6 +81,12 @@ struct Simd : kvq::avx::ScalarOps<Simd> {  // to_half, from_half, round_ne_scala
   static V round_ne(V v) {
     return _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   }
+  // r = rne(u) and d = u - r (exact).
+  static V round_split(V u, V& d) {
+    const V r = round_ne(u);
+    d = _mm256_sub_ps(u, r);
+    return r;
+  }
   static float reduce_min(V v) {
     __m128 m = _mm_min_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     m = _mm_min_ps(m, _mm_movehl_ps(m, m));
@@ -261,6 +267,8 @@ struct Simd : kvq::avx::ScalarOps<Simd> {  // to_half, from_half, round_ne_scala
   // A block holds W tokens channel-major: vector c = channel c of tokens 0..W-1 (lane l = token l).
   static constexpr unsigned kAllLanes = 0xFFu;
   static constexpr int kStageCols = 16;   // channels per stage_u16 call
+  // Token blocks prefetch the next rows (added on the AMD Zen host; docs/readme-avx.md).
+  static constexpr bool kPrefetchRows = true;
   static constexpr int kSoaRadixLog = 3;  // FWHT stages per register pass (8 vectors + temps)
 
   // Transposes 16 channels of W rows (16-bit values, row stride `stride` elements) into

@@ -55,6 +55,11 @@ struct Simd : kvq::avx::ScalarOps<Simd> {    // to_half, from_half, round_ne_sca
   static V round_ne(V v) {
     return _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   }
+  // r = rne(u) and d = u - r, both exact: one vreduceps (d, RNE, M = 0), then r = u - d.
+  static V round_split(V u, V& d) {
+    d = _mm512_reduce_ps(u, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    return _mm512_sub_ps(u, d);
+  }
   static float reduce_min(V v) { return _mm512_reduce_min_ps(v); }
   static float reduce_max(V v) { return _mm512_reduce_max_ps(v); }
   // Sum of the lanes in a tree order (only for tolerance ops: attention_decode, docs/spec.md §7).
@@ -232,6 +237,8 @@ struct Simd : kvq::avx::ScalarOps<Simd> {    // to_half, from_half, round_ne_sca
   // A block holds W tokens channel-major: vector c = channel c of tokens 0..W-1 (lane l = token l).
   static constexpr unsigned kAllLanes = 0xFFFFu;
   static constexpr int kStageCols = 32;   // channels per stage_u16 call
+  // Token blocks prefetch the next rows: no (slower on the Intel Xeon host, readme session 5).
+  static constexpr bool kPrefetchRows = false;
   static constexpr int kSoaRadixLog = 4;  // FWHT stages per register pass (16 vectors + temps)
 
   // Transposes 32 channels of W rows (16-bit values, row stride `stride` elements) into
