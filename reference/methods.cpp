@@ -120,6 +120,16 @@ uint16_t to_half_checked(float v, const std::string& what, int64_t index) {
   return h;
 }
 
+// f(), its kvq::Error prefixed with the tensor `what` it was working on (the rotations, shared
+// with the backends, do not know the tensor's name).
+template <class F> auto named(const std::string& what, F f) {
+  try {
+    return f();
+  } catch (const Error& e) {
+    throw Error(what + ": " + e.what());
+  }
+}
+
 // The method's forward rotation of `rows` rows of one of K (key) or V, in place semantics.
 std::vector<float> rotate_rows(bool key, const Setup& s, const RotationParams& rp,
                                std::span<const float> rows, int64_t n, const KvShape& shape) {
@@ -237,7 +247,7 @@ AppliedTensor apply_stream(bool key, std::span<const float> original, const KvSh
   bool any = false;
   for (const PartSpec& p : parts) any = any || !p.tokens.empty();
   std::vector<float> rotated;
-  if (any) rotated = rotate_rows(key, s, rp, original, shape.tokens, shape);
+  if (any) rotated = named(what, [&] { return rotate_rows(key, s, rp, original, shape.tokens, shape); });
   std::vector<std::pair<int64_t, uint16_t>> outliers;
   for (const PartSpec& p : parts) {
     if (p.tokens.empty()) continue;
@@ -334,9 +344,10 @@ Calibration calibrate(const std::vector<LayerTensors>& layers, const MethodParam
       check_kv(t.k_pre_rope, t.shape, name + ".k_pre_rope");
       check_rotation_shape(t.shape, params.head_group);
       const KvShape head{n, t.shape.heads, t.shape.head_dim};
-      const std::vector<float> rotated =
-          rotate_k(t.k_pre_rope.subspan(0, static_cast<size_t>(n * t.shape.channels())), head,
-                   RotationParams{params.head_group, {}});
+      const std::vector<float> rotated = named(name + ".k_pre_rope", [&] {
+        return rotate_k(t.k_pre_rope.subspan(0, static_cast<size_t>(n * t.shape.channels())),
+                        head, RotationParams{params.head_group, {}});
+      });
       std::vector<int32_t> perm(static_cast<size_t>(t.shape.channels()));
       std::iota(perm.begin(), perm.end(), 0);
       out.k_perm.push_back(params.reorder ? calibrate_permutation(rotated, n, t.shape.channels())

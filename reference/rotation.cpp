@@ -169,8 +169,9 @@ std::vector<float> rotate_k(std::span<const float> k_pre_rope, const KvShape& sh
   check_rotate_k_input(k_pre_rope, shape, params);
   std::vector<float> rotated(k_pre_rope.begin(), k_pre_rope.end());
   fwht_groups(rotated, shape, params.head_group);
-  if (params.perm.empty()) return rotated;
-  return reorder(rotated, shape.tokens, params.perm);
+  if (!params.perm.empty()) rotated = reorder(rotated, shape.tokens, params.perm);
+  require_no_overflow(rotated, "rotate_k (FWHT)");  // the index of the output, as the backends
+  return rotated;
 }
 
 std::vector<float> inverse_rotate_k(std::span<const float> y, const KvShape& shape,
@@ -181,6 +182,7 @@ std::vector<float> inverse_rotate_k(std::span<const float> y, const KvShape& sha
   std::vector<float> x = params.perm.empty() ? std::vector<float>(y.begin(), y.end())
                                              : unreorder(y, shape.tokens, params.perm);
   fwht_groups(x, shape, params.head_group);  // the normalized FWHT is its own inverse (§1)
+  require_no_overflow(x, "inverse_rotate_k (FWHT)");
   return x;
 }
 
@@ -190,6 +192,7 @@ std::vector<float> rotate_v(std::span<const float> v, const KvShape& shape) {
   require_finite(v, "rotate_v input");
   std::vector<float> out(v.begin(), v.end());
   fwht(out, static_cast<int>(shape.head_dim));
+  require_no_overflow(out, "rotate_v (FWHT)");
   return out;
 }
 

@@ -348,8 +348,9 @@ SinkScores sink_ground_truth(const std::vector<std::span<const float>>& q_layers
                 std::to_string(k_layers.size()) + " k layers");
   const auto layers = static_cast<int64_t>(q_layers.size());
   if (layers <= params.first_layer)
-    throw Error("sink ground truth: needs layers >= " + std::to_string(params.first_layer) +
-                ", the recording has " + std::to_string(layers));
+    throw Error("sink ground truth: averages layers " + std::to_string(params.first_layer) +
+                " and above, so it needs at least " + std::to_string(params.first_layer + 1) +
+                " layers; got " + std::to_string(layers));
   std::vector<double> sum(score_count(tokens, params), 0.0);
   // Layer by layer, head by head: one [T, T] matrix in memory at a time.
   for (int64_t l = params.first_layer; l < layers; ++l)

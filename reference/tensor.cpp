@@ -92,4 +92,12 @@ void require_finite(std::span<const float> values, const std::string& what) {
                   std::to_string(i));
 }
 
+void require_no_overflow(std::span<const float> result, const std::string& what) {
+  for (size_t i = 0; i < result.size(); ++i)
+    if (!std::isfinite(result[i]))
+      throw Error(what + ": overflow inside: the result is " + std::to_string(result[i]) +
+                  " at index " + std::to_string(i) +
+                  " although every input is finite (input values too large for fp32 here)");
+}
+
 }  // namespace kvq

@@ -50,5 +50,8 @@ std::vector<float> widen_f32(const TensorView& view, const std::string& what);
 
 // docs/spec.md §0: a non-finite input is an error naming the tensor and the first bad index.
 void require_finite(std::span<const float> values, const std::string& what);
+// The result of arithmetic on finite inputs: an infinite value is an overflow inside `what` (the
+// inputs are too large for fp32 there), which the error says rather than "non-finite value".
+void require_no_overflow(std::span<const float> result, const std::string& what);
 
 }  // namespace kvq

@@ -98,6 +98,14 @@ TEST_CASE("corpus: every hostile input exits 2 with one stderr line naming the f
     CHECK(!result.err.empty());
     CHECK(result.err.back() == '\n');
     CHECK(std::count(result.err.begin(), result.err.end(), '\n') == 1);
+    // The CLI's one prefix, once: "kvq: MESSAGE", never "kvq: kvq apply: ..." or "kvq: x: x: ...".
+    REQUIRE(result.err.rfind("kvq: ", 0) == 0);
+    const std::string message = result.err.substr(5);
+    CHECK(message.rfind("kvq", 0) != 0);
+    if (const size_t colon = message.find(": "); colon != std::string::npos) {
+      const std::string head = message.substr(0, colon + 2);
+      CHECK(message.compare(head.size(), head.size(), head) != 0);
+    }
     if (row.file != "-")  // '-': command-line misuse, no file to name
       CHECK(result.err.find(fs::path(row.file).filename().string()) != std::string::npos);
     for (const std::string& word : row.keywords) {

@@ -161,3 +161,23 @@ TEST_CASE("rotation: non-finite input is an error naming the index") {
   REQUIRE_THROWS_WITH(kvq::calibrate_permutation(x, 2, 4), Catch::Contains("index 5"));
   REQUIRE_THROWS_WITH(kvq::calibrate_permutation(x, 3, 4), Catch::Contains("8 values"));
 }
+
+TEST_CASE("rotation: finite input whose FWHT overflows is an overflow inside, not a bad input") {
+  // fwht of n = 4 equal values 3e37: the butterflies sum to 4 * 3e37 = 1.2e38, then
+  // 2.4e38, below FLT_MAX 3.4e38 -- finite; with 2e38 the second stage reaches 8e38 = inf.
+  kvq::RotationParams params;
+  params.head_group = 2;
+  std::vector<float> x(2 * 2 * 2, 3e37f);
+  CHECK_NOTHROW(kvq::rotate_k(x, {2, 2, 2}, params));
+  x.assign(x.size(), 2e38f);
+  // Per group of 4: stage 1 gives (inf, 0, inf, 0), stage 2 (inf, 0, inf - inf = nan, 0).
+  // The index is the output's, after the reorder: perm (1, 0, 2, 3) puts the inf at 1.
+  params.perm = {1, 0, 2, 3};
+  REQUIRE_THROWS_WITH(kvq::rotate_k(x, {2, 2, 2}, params),
+                      Catch::Contains("rotate_k (FWHT): overflow inside") &&
+                          Catch::Contains("inf at index 1") &&
+                          Catch::Contains("every input is finite"));
+  REQUIRE_THROWS_WITH(kvq::rotate_v(x, {1, 2, 4}),
+                      Catch::Contains("rotate_v (FWHT): overflow inside") &&
+                          Catch::Contains("inf at index 0"));
+}

@@ -228,6 +228,11 @@ TEST_CASE("sinks: ground truth recomputes attention from q and k with grouped he
   const SinkScores split = run(2);
   CHECK(split.score[0] == Approx((40.5 + 1.0) / 2).epsilon(1e-9));
   CHECK_THROWS_AS(sink_ground_truth({}, {}, T, Hq, 1, d), Error);
+  // Two layers: l >= 2 is empty; the error states the real requirement, 3 layers.
+  const std::vector<float> layer(static_cast<size_t>(T * Hq * d), 0.0f);
+  const std::vector<std::span<const float>> two(2, std::span<const float>(layer));
+  CHECK_THROWS_WITH(sink_ground_truth(two, two, T, Hq, Hq, d),
+                    Catch::Matchers::Contains("needs at least 3 layers; got 2"));
 }
 
 TEST_CASE("sinks: tiny-moe recording: BOS tokens are the massive ones, ground truth is finite") {

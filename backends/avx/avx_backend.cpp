@@ -239,8 +239,9 @@ class AvxBackend final : public Backend {
       std::vector<float> r(x.size());
       if (!k_.rotate(x.data(), shape.tokens, shape.channels(), rot, r.data()))
         throw_out_of_memory("rotate_quantize", shape.channels());
-      if (f.bad_rotated >= 0)
-        throw_nonfinite(what, r[static_cast<size_t>(f.bad_rotated)], f.bad_rotated);
+      if (f.bad_rotated >= 0)  // the input is finite: an overflow inside the rotation
+        require_no_overflow(r, params.rotation == AppendRotation::PerHead ? "rotate_v (FWHT)"
+                                                                         : "rotate_k (FWHT)");
       throw_overflow(r, shape.tokens, shape.channels(), params.quant, what);
     }
     return q;

@@ -2,6 +2,7 @@
 
 #include <Eigen/Core>
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -106,7 +107,7 @@ void check_finite(const float* data, int64_t n, const std::string& path, const s
 
 Model Model::load(const std::string& path) {
   std::ifstream in(path, std::ios::binary | std::ios::ate);
-  if (!in) throw Error("checkpoint " + path + ": cannot open");
+  if (!in) throw Error("checkpoint " + path + ": cannot open (" + std::strerror(errno) + ")");
   const auto actual = static_cast<int64_t>(in.tellg());
   in.seekg(0);
   if (actual < kHeaderInts * 4)

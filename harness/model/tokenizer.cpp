@@ -1,5 +1,6 @@
 #include "harness/model/tokenizer.h"
 
+#include <cerrno>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -94,7 +95,7 @@ std::string read_text_file(const std::string& path) {
   std::error_code ec;
   if (std::filesystem::is_directory(path, ec)) throw Error("text " + path + ": is a directory");
   std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error("text " + path + ": cannot open");
+  if (!in) throw Error("text " + path + ": cannot open (" + std::strerror(errno) + ")");
   // In chunks, stopping past the limit: /dev/zero or a huge file ends there, not in bad_alloc.
   std::string raw;
   std::vector<char> chunk(1 << 20);
@@ -123,7 +124,7 @@ std::string read_text_file(const std::string& path) {
 
 Tokenizer Tokenizer::load(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error("tokenizer " + path + ": cannot open");
+  if (!in) throw Error("tokenizer " + path + ": cannot open (" + std::strerror(errno) + ")");
   const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   if (bytes.size() < 4)
     throw Error("tokenizer " + path + ": file has " + std::to_string(bytes.size()) +

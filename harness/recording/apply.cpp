@@ -43,7 +43,7 @@ const char* axis_name(Axis a) {
 AppliedRecording apply_recording(const SafetensorsFile& f, const MethodParams& params,
                                  const std::string& backend) {
   if (backend != "ref")
-    throw Error("kvq apply: backend '" + backend +
+    throw Error("apply: --backend '" + backend +
                 "' does not run method compositions; methods run on the reference ('ref')");
   AppliedRecording out;
   out.params = params;

@@ -4,7 +4,9 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cerrno>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -315,7 +317,7 @@ std::string substitute_variables(const std::string& path, const std::string& tex
 Scenario load_scenario(const std::string& path, const ScenarioVars& vars) {
   if (std::filesystem::is_directory(path)) throw Error(path + ": is a directory, not a scenario file");
   std::ifstream file(path, std::ios::binary);
-  if (!file) throw Error(path + ": cannot open the scenario file");
+  if (!file) throw Error(path + ": cannot open (" + std::strerror(errno) + ")");
   const std::string text((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
   toml::table root;
   try {

@@ -121,6 +121,11 @@ SinkStudy run_sink_study(const SafetensorsFile& f, const SinkStudyParams& params
 
   while (f.has(layer_tensor(s.layers, "q"))) ++s.layers;
   if (s.layers == 0) throw Error(f.path() + ": tensor layers.0.q is missing (no layers found)");
+  if (s.layers <= s.score_params.first_layer)
+    throw Error(f.path() + ": " + std::to_string(s.layers) + " layers; the sink ground truth " +
+                "(docs/spec.md §4) averages layers " + std::to_string(s.score_params.first_layer) +
+                " and above, so it needs at least " +
+                std::to_string(s.score_params.first_layer + 1) + " layers");
   const Shape q0 = f.view(layer_tensor(0, "q")).shape;
   const Shape k0 = f.has(layer_tensor(0, "k")) ? f.view(layer_tensor(0, "k")).shape : Shape{};
   if (q0.size() != 3 || k0.size() != 3)

@@ -108,6 +108,17 @@ write("st_out_is_in.safetensors", st([("layers.0.k", "F32", KV_SHAPE, KV),
 # Every tensor a layer's ops read, with 0 tokens (rotate_k and attention_decode read token 0).
 write("st_zero_token_recording.safetensors",
       st([("layers.0." + w, "F32", [0, 4, 8], b"") for w in ("k", "k_pre_rope", "v", "q")]))
+# Two layers of what `kvq sinks` reads: its ground truth averages layers 2 and above (needs 3).
+SINK_SHAPE = [4, 1, 4]
+write("st_two_layers.safetensors",
+      st([("layers.%d.%s" % (l, w), "F32", SINK_SHAPE, KV) for l in range(2) for w in ("q", "k")]
+         + [("layers.%d.hidden_in" % l, "F32", [4, 4], KV) for l in range(2)]))
+# Finite values near the fp32 limit: the FWHT of rotatekv's key rotation (g * d = 4 * 8) sums 32
+# of them, an overflow inside the operation rather than a non-finite input.
+BIG = f32([3e37] * 64)
+write("st_overflow_inside.safetensors",
+      st([("layers.0." + w, "F32", [2, 4, 8], BIG) for w in ("k", "k_pre_rope", "v")]
+         + [("layers.0.hidden_in", "F32", [2, 32], BIG)]))
 # 10000 empty tensors, the first repeated at the end: the header parse is linear
 # (quadratic, 20000 took 7 s) and its duplicate check still reaches the last key.
 write("st_many_tensors.safetensors",
