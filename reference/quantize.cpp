@@ -208,6 +208,15 @@ void check_quantized(const Quantized& q, const GroupLayout& l, const std::string
   if (static_cast<int64_t>(zeros) != l.group_count)
     throw Error(what + ": " + std::to_string(zeros) + (is_float ? " zeros" : " integer zeros") +
                 " for " + std::to_string(l.group_count) + " groups");
+  // A branch-free pass first (it vectorizes: decode attention checks a whole cache per query),
+  // then the first failing group is looked for only when one exists.
+  const uint16_t* scale = q.scale.data();
+  const uint16_t* zero = is_float ? q.zero.data() : q.scale.data();
+  unsigned bad = 0;
+  for (int64_t i = 0; i < l.group_count; ++i)
+    bad |= static_cast<unsigned>((scale[i] & 0x7C00u) == 0x7C00u) |
+           static_cast<unsigned>((zero[i] & 0x7C00u) == 0x7C00u);
+  if (bad == 0) return;
   for (int64_t i = 0; i < l.group_count; ++i) {
     if (!half_is_finite(q.scale[i]) || (is_float && !half_is_finite(q.zero[i])))
       throw Error(what + ": " + describe_group(l, i) + " has a non-finite scale or zero");

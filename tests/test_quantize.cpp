@@ -519,6 +519,22 @@ TEST_CASE("quantize: dequantize and unpack_all reject a Quantized that does not 
   q = good;
   q.zero[0] = 0x7C00;  // inf
   REQUIRE_THROWS_WITH(kvq::dequantize(q), Catch::Contains("group 0"));
+  // Several bad groups: the first one is named (scale or zero alike), also with integer zeros.
+  QuantParams p4;
+  p4.group = 4;
+  std::vector<float> x(32);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(i % 5);
+  Quantized many = kvq::quantize(x, 2, 16, p4);
+  many.scale[5] = 0x7E00;  // NaN
+  many.zero[3] = 0xFC00;   // -inf
+  REQUIRE_THROWS_WITH(kvq::dequantize(many), Catch::Contains("group 3 (row 0, col 12"));
+  many.zero[3] = 0;
+  REQUIRE_THROWS_WITH(kvq::dequantize(many), Catch::Contains("group 5 (row 1, col 4"));
+  p4.zero_point = ZeroPoint::Int;
+  Quantized iz = kvq::quantize(x, 2, 16, p4);
+  REQUIRE_NOTHROW(kvq::dequantize(iz));
+  iz.scale[7] = 0x7C00;
+  REQUIRE_THROWS_WITH(kvq::dequantize(iz), Catch::Contains("group 7"));
   q = good;
   q.params.bits = 5;
   REQUIRE_THROWS_AS(kvq::dequantize(q), kvq::Error);
