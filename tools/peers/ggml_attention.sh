@@ -40,7 +40,7 @@ mapfile -t libs < <(find "$cache/build-$sha" -name 'libggml*.a' | sort -r)
 exe="$cache/ggml_attention-$sha"
 if [ ! -x "$exe" ] || [ tools/peers/ggml_attention.cpp -nt "$exe" ]; then
   g++ -std=c++20 -O2 -fopenmp -I. -I"$root/include" tools/peers/ggml_attention.cpp \
-    -Wl,--start-group "${libs[@]}" "$kvq_build/harness/libkvq_harness.a" \
+    -Wl,--start-group "${libs[@]}" "$kvq_build/harness/libkvq_harness_core.a" \
     "$kvq_build/reference/libkvq_reference.a" -Wl,--end-group -lsqlite3 -lboost_program_options -ltomlplusplus -lpthread -o "$exe"
 fi
 for type in ${GGML_TYPES:-q4_0 q8_0}; do
