@@ -146,8 +146,8 @@ inline void token_row(const void* src, Src type, int64_t t, const RowRotation& r
 // take the per-token path. Per thread: W * channels * (4 + 4 + 2) bytes of scratch (160 KiB for
 // AVX-512 at 1024 channels: the fwht block being transformed stays in L1, the permuted block in
 // L2). Instructions per element (fp16 in, n = 512 with reorder, G = 128, 2 bits: perf.toml's
-// case): about 4.8 on AVX2 and 3 on AVX-512, from 13.7 and 6.2 per token (callgrind, and a
-// single-step count for AVX-512, which valgrind does not run).
+// case): 4.8 on AVX2 and 2.4 on AVX-512 (tools/profile/rotate_quantize.sh, single-stepped:
+// valgrind does not run AVX-512), from 13.7 and 6.2 per token.
 
 // True when the token-block path handles this layout: whole groups of whole 32-bit code words
 // (b in {1, 2, 4, 8}, G * b a multiple of 32, G dividing the channels) and whole staging chunks.
