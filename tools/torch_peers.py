@@ -164,7 +164,9 @@ def kivi_decode(add, kivi, batch, heads, d, t, dev, group=32, residual=128, bits
     name = f"attention_decode/T{t}/B{batch}/H32/d128/b2"
     add(name, "attention_decode", dict(params, peer="kivi llama_kivi.py step"), cache, step,
         [("kv_cache_bytes", cache, "bytes")], backend="kivi")
-    add(name, "attention_decode", dict(params, peer="kivi gemv kernels, operands pre-laid-out"),
+    # A case name of its own: one run stores each case name once.
+    add(name + "/gemv", "attention_decode",
+        dict(params, peer="kivi gemv kernels, operands pre-laid-out"),
         cache, step_kernels, [("kv_cache_bytes", cache, "bytes")], backend="kivi_gemv")
 
 
