@@ -137,7 +137,8 @@ inline void token_row(const void* src, Src type, int64_t t, const RowRotation& r
 // ---- Token blocks ---------------------------------------------------------------------------
 // The token axis in blocks of W tokens held channel-major (vector c = channel c of the W tokens):
 // the input is transposed by S::stage_u16 / S::stage_f32 (16-bit values stay 16-bit until the
-// first FWHT pass widens them as it loads), the FWHT stages are whole-vector butterflies
+// first FWHT pass widens them as it loads; on AVX-512 a first pass of 3 stages runs on the
+// transposed registers, S::stage_f16_groups8), the FWHT stages are whole-vector butterflies
 // (fwht_soa_pass), the last pass multiplies by the scale and stores each vector at its permuted
 // position (stored[j] = rotated[perm[j]], so the reorder costs one table load per vector), and
 // the groups are quantized lane-wise (soa_group). Each lane computes exactly the reference's
@@ -181,15 +182,19 @@ inline const float* rotate_block(const void* src, int64_t t0, int64_t cols, cons
       return S::load_bf16(stage + (i + j) * W);
     }
   };
-  // The next block's rows are fetched while this one computes where S::kPrefetchRows says so:
-  // W row streams at once were more than the AMD Zen host's hardware prefetchers followed, while
-  // on the Intel Xeon (AVX-512) host the prefetches only cost time (docs/readme-avx.md, session
-  // 5). Bytes per cache line: 64.
+  // The next block's rows are fetched while this one computes: W row streams at once are more
+  // than the hardware prefetchers follow (AMD Zen; on the Intel Xeon host 6-10 % faster on one
+  // thread at perf.toml's size, docs/readme-avx.md session 5). Bytes per cache line: 64.
   using Elem = std::conditional_t<kType == Src::F32, float, uint16_t>;
   constexpr int64_t kLine = 64 / static_cast<int64_t>(sizeof(Elem));
   const Elem* x = static_cast<const Elem*>(src) + t0 * cols;
   const char* next = prefetch_rows ? reinterpret_cast<const char*>(x + W * cols) : nullptr;
   const int64_t row_bytes = cols * static_cast<int64_t>(sizeof(Elem));
+  // fp16 input whose first FWHT pass is 3 stages and not the last: that pass runs inside the
+  // transpose (S::stage_f16_groups8), which then stores fp32 to a instead of 16-bit to stage.
+  bool fused_first = false;
+  if constexpr (kType == Src::F16 && S::kStageGroups8)
+    fused_first = passes.count > 1 && passes.k[0] == 3 && passes.h0[0] == 1;
   for (int64_t c0 = 0; c0 < cols; c0 += span) {
     if (next)
       for (int64_t c = c0; c < c0 + span; c += kLine) {
@@ -200,11 +205,24 @@ inline const float* rotate_block(const void* src, int64_t t0, int64_t cols, cons
     if constexpr (kType == Src::F32) {
       for (int64_t c = c0; c < c0 + span; c += W) S::stage_f32(x + c, cols, a + c * W);
     } else {
-      for (int64_t c = c0; c < c0 + span; c += S::kStageCols)
-        S::stage_u16(x + c, cols, stage + c * W);
+      if constexpr (S::kStageGroups8) {
+        if (fused_first) {
+          // The first pass (3 stages on 8 consecutive channels) on the transposed registers.
+          for (int64_t c = c0; c < c0 + span; c += S::kStageCols)
+            S::stage_f16_groups8(x + c, cols, [&](int h, V(&r)[8]) __attribute__((always_inline)) {
+              fwht_vector_stages<S>(r);
+              float* out = a + (c + 8 * h) * W;
+#pragma GCC unroll 8
+              for (int j = 0; j < 8; ++j) S::store(out + j * W, r[j]);
+            });
+        }
+      }
+      if (!fused_first)
+        for (int64_t c = c0; c < c0 + span; c += S::kStageCols)
+          S::stage_u16(x + c, cols, stage + c * W);
     }
     for (int64_t blk = c0; blk < c0 + span; blk += n) {
-      for (int p = 0; p < passes.count; ++p) {
+      for (int p = fused_first ? 1 : 0; p < passes.count; ++p) {
         const int64_t h0 = passes.h0[p];
         const int K = passes.k[p];
         auto load_a = [=](int64_t i, int j, int64_t) { return S::load(a + (i + j * h0) * W); };
@@ -271,7 +289,7 @@ void rotate_quantize_blocks(const void* src, const RowRotation& rot, const Quant
         continue;
       }
       const int64_t t0 = it * W;
-      const bool prefetch = S::kPrefetchRows && t0 + 2 * W <= spec.rows;  // next block exists
+      const bool prefetch = t0 + 2 * W <= spec.rows;  // the next block exists
       const float* q =
           rotate_block<S, kType>(src, t0, cols, rot, passes, perm_offset, prefetch, stage, a, b);
       unsigned redo = 0;

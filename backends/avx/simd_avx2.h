@@ -267,8 +267,7 @@ struct Simd : kvq::avx::ScalarOps<Simd> {  // to_half, from_half, round_ne_scala
   // A block holds W tokens channel-major: vector c = channel c of tokens 0..W-1 (lane l = token l).
   static constexpr unsigned kAllLanes = 0xFFu;
   static constexpr int kStageCols = 16;   // channels per stage_u16 call
-  // Token blocks prefetch the next rows (added on the AMD Zen host; docs/readme-avx.md).
-  static constexpr bool kPrefetchRows = true;
+  static constexpr bool kStageGroups8 = false;  // no stage_f16_groups8 (simd_avx512.h)
   static constexpr int kSoaRadixLog = 3;  // FWHT stages per register pass (8 vectors + temps)
 
   // Transposes 16 channels of W rows (16-bit values, row stride `stride` elements) into

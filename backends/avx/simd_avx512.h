@@ -237,14 +237,15 @@ struct Simd : kvq::avx::ScalarOps<Simd> {    // to_half, from_half, round_ne_sca
   // A block holds W tokens channel-major: vector c = channel c of tokens 0..W-1 (lane l = token l).
   static constexpr unsigned kAllLanes = 0xFFFFu;
   static constexpr int kStageCols = 32;   // channels per stage_u16 call
-  // Token blocks prefetch the next rows: no (slower on the Intel Xeon host, readme session 5).
-  static constexpr bool kPrefetchRows = false;
   static constexpr int kSoaRadixLog = 4;  // FWHT stages per register pass (16 vectors + temps)
 
-  // Transposes 32 channels of W rows (16-bit values, row stride `stride` elements) into
-  // dst[c * W + l]: unpacks of 16-, 32- and 64-bit units within each 128-bit lane (rows 0-7 and
-  // 8-15 separately), then a two-source qword permute joins the two row halves of a channel.
-  static void stage_u16(const uint16_t* src, int64_t stride, uint16_t* dst) {
+  // Transposes 32 channels of W rows (16-bit values, row stride `stride` elements) in registers:
+  // unpacks of 16-, 32- and 64-bit units within each 128-bit lane (rows 0-7 and 8-15
+  // separately), then a two-source qword permute joins the two row halves of a channel. Result:
+  // t[c] holds channels c (low 256 bits) and 8 + c (high), t[8 + c] channels 16 + c and 24 + c,
+  // for c < 8; lane l of a channel = row l.
+  __attribute__((always_inline)) static void transpose_u16(const uint16_t* src, int64_t stride,
+                                                           __m512i (&t)[16]) {
     __m512i r[16], a[16], b[16];
     for (int l = 0; l < 16; ++l) r[l] = _mm512_loadu_si512(src + l * stride);
     for (int p = 0; p < 8;
@@ -266,15 +267,37 @@ struct Simd : kvq::avx::ScalarOps<Simd> {    // to_half, from_half, round_ne_sca
                                 : _mm512_unpacklo_epi64(b[c / 2], b[4 + c / 2]);
       const __m512i y = (c & 1) ? _mm512_unpackhi_epi64(b[8 + c / 2], b[12 + c / 2])
                                 : _mm512_unpacklo_epi64(b[8 + c / 2], b[12 + c / 2]);
-      const __m512i e = _mm512_permutex2var_epi64(x, lo, y);  // channels c, 8 + c
-      const __m512i f = _mm512_permutex2var_epi64(x, hi, y);  // channels 16 + c, 24 + c
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + c * 16), _mm512_castsi512_si256(e));
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + (c + 8) * 16),
-                          _mm512_extracti64x4_epi64(e, 1));
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + (c + 16) * 16),
-                          _mm512_castsi512_si256(f));
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + (c + 24) * 16),
-                          _mm512_extracti64x4_epi64(f, 1));
+      t[c] = _mm512_permutex2var_epi64(x, lo, y);      // channels c, 8 + c
+      t[8 + c] = _mm512_permutex2var_epi64(x, hi, y);  // channels 16 + c, 24 + c
+    }
+  }
+  // The transpose stored: channel c of the 32 to dst[c * W + l].
+  static void stage_u16(const uint16_t* src, int64_t stride, uint16_t* dst) {
+    __m512i t[16];
+    transpose_u16(src, stride, t);
+    for (int c = 0; c < 8; ++c)
+      for (int h = 0; h < 4; ++h)  // channel 8h + c
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + (8 * h + c) * 16),
+                            h & 1 ? _mm512_extracti64x4_epi64(t[c + 8 * (h >> 1)], 1)
+                                  : _mm512_castsi512_si256(t[c + 8 * (h >> 1)]));
+  }
+  // The transpose of 32 fp16 channels widened (exactly) and handed to group(h, r) as four
+  // groups of 8 consecutive channels, r[j] = channel 8h + j: the first FWHT pass of 3 stages
+  // runs on them in registers, without the staged copy (rotate_quantize.h).
+  static constexpr bool kStageGroups8 = true;
+  template <class Group>
+  __attribute__((always_inline)) static void stage_f16_groups8(const uint16_t* src, int64_t stride, Group&& group) {
+    __m512i t[16];
+    transpose_u16(src, stride, t);
+#pragma GCC unroll 4
+    for (int h = 0; h < 4; ++h) {
+      V r[8];
+#pragma GCC unroll 8
+      for (int j = 0; j < 8; ++j) {
+        const __m512i u = t[j + 8 * (h >> 1)];
+        r[j] = _mm512_cvtph_ps(h & 1 ? _mm512_extracti64x4_epi64(u, 1) : _mm512_castsi512_si256(u));
+      }
+      group(h, r);
     }
   }
   // Transposes W channels of W fp32 rows (row stride `stride`) into dst[c * W + l].
