@@ -280,14 +280,19 @@ TEST_CASE("cuda: rotate_quantize equals the reference bitwise (F16, BF16, F32; a
   }
 }
 
-// The warp-per-row kernel (rows of 1024/2048/4096 channels, G = 128, 2 or 4 bits): 32 heads
-// (4096 channels, the grouped FWHT inside the row's lane-high bits) and 8 heads of 128 (the
-// grouped FWHT reaching them), both zero points, clip 0.8 and 1.0, every input type; 3000
-// rows of 4096 (more than the grid's warps, so each warp stages its next row while computing)
-// for the benchmark's form.
+// The row kernel (rows of 1024/2048/4096 channels, G = 128, 2 or 4 bits): grouped FWHTs of
+// 512 and 1024 (its second register pass) and, with 16 or 32 heads per group, 2048 and 4096
+// (the third pass, across the team's warps), both zero points, clip 0.8 and 1.0, every input
+// type; 3000 rows of 4096 (more rows than the grid's teams, so each team loads its next row
+// while computing and both shared buffers alternate) for the benchmark's form.
 TEST_CASE("cuda: rotate_quantize (row kernel shapes) equals the reference bitwise") {
-  for (const Shape3& s :
-       {Shape3{37, 32, 128}, Shape3{19, 8, 128}, Shape3{11, 16, 128}, Shape3{3000, 32, 128}}) {
+  struct Case {
+    Shape3 s;
+    int64_t head_group;
+  };
+  for (const auto& [s, head_group] :
+       {Case{{37, 32, 128}, 4}, Case{{19, 8, 128}, 8}, Case{{11, 16, 128}, 4},
+        Case{{13, 32, 128}, 32}, Case{{9, 16, 128}, 16}, Case{{3000, 32, 128}, 4}}) {
     const KvShape shape{s.tokens, s.heads, s.d};
     const TypedInputs in(s, 43);
     const std::vector<TensorView>& views = in.views;
@@ -302,19 +307,54 @@ TEST_CASE("cuda: rotate_quantize (row kernel shapes) equals the reference bitwis
                 continue;
               RotateQuantizeParams p;
               p.rotation = rot;
-              p.rotation_params.head_group = s.heads == 8 ? 8 : 4;
+              p.rotation_params.head_group = head_group;
               if (with_perm) p.rotation_params.perm = shuffled_perm(shape.channels(), 6);
               p.quant.bits = bits;
               p.quant.zero_point = zp;
               p.quant.clip = bits == 2 ? 0.8f : 1.0f;
               const std::string name =
-                  shape_name(s.tokens, s.heads, s.d) + " " + dtype_name(views[vi].dtype) +
-                  " rot" + std::to_string(static_cast<int>(rot)) + " b" + std::to_string(bits) +
+                  shape_name(s.tokens, s.heads, s.d) + " g" + std::to_string(head_group) + " " +
+                  dtype_name(views[vi].dtype) + " rot" + std::to_string(static_cast<int>(rot)) + " b" + std::to_string(bits) +
                   (zp == ZeroPoint::Int ? " int" : " float") + (with_perm ? " perm" : "");
               REQUIRE(mismatch(compare_quantized(reference_rotate_quantize(views[vi], shape, p),
                                                  gpu().rotate_quantize(views[vi], shape, p)),
                                "rotate_quantize " + name) == "");
             }
+  }
+}
+
+// Codes at and around every rounding threshold: the row kernel finds codes by comparing
+// t = x - z with (k + 1/2) s instead of dividing, so each group holds x = z + (k + 1/2) s
+// exactly (ties, rounded to the even code) and its neighbours 1 and 2 ulps away, for 32 scales.
+TEST_CASE("cuda: rotate_quantize codes at half-integer quotients equal the reference") {
+  const int64_t tokens = 3, heads = 32, d = 128, cols = heads * d;
+  for (int bits : {2, 4}) {
+    const int maxq = (1 << bits) - 1;
+    std::vector<float> x(static_cast<size_t>(tokens * cols));
+    for (int64_t g = 0; g < tokens * cols / 128; ++g) {
+      const float s = half_to_float(float_to_half(0.001f + 0.0137f * static_cast<float>(g)));
+      float* v = x.data() + g * 128;
+      const float z = -1.0f;
+      for (int i = 0; i < 128; ++i) v[i] = z;
+      v[1] = z + static_cast<float>(maxq) * s;  // hi: range / maxq = s exactly
+      int i = 2;
+      for (int k = 0; k < maxq; ++k)
+        for (int ulps = -2; ulps <= 2; ++ulps) {
+          float y = z + (static_cast<float>(k) + 0.5f) * s;
+          for (int u = 0; u < std::abs(ulps); ++u)
+            y = std::nextafter(y, ulps > 0 ? 1e30f : -1e30f);
+          v[i++] = y;
+        }
+    }
+    RotateQuantizeParams p;
+    p.rotation = AppendRotation::None;
+    p.quant.bits = bits;
+    p.quant.clip = 1.0f;
+    const TensorView view{x.data(), DType::F32, {tokens, heads, d}};
+    const KvShape shape{tokens, heads, d};
+    REQUIRE(mismatch(compare_quantized(reference_rotate_quantize(view, shape, p),
+                                       gpu().rotate_quantize(view, shape, p)),
+                     "rotate_quantize thresholds b" + std::to_string(bits)) == "");
   }
 }
 

@@ -268,9 +268,13 @@ def main():
         del k, v, q
         torch.cuda.empty_cache()
         if kivi and batch * heads * t * d >= 2**31:
-            # gemv_cuda.cu forms (head index) * OC * IC / pack_factor in 32-bit int.
-            print(f"kivi: skipped at B={batch} T={t}: its kernels index in int32 and fault "
-                  f"beyond 2^31 cache elements", flush=True)
+            # KIVI's csrc/gemv_cuda.cu (bgemv2_kernel_outer_dim) offsets the packed codes by
+            # `_batch_idx * OC * IC / pack_factor` and the scales and zeros likewise, all `int`:
+            # with OC * IC = d * T per (batch, head), that product passes 2^31 once
+            # B * H * T * d does (B = 8, H = 32, T = 128K: 255 * 2^24), wraps negative and
+            # the kernel reads out of bounds (an illegal address, seen on the device).
+            print(f"kivi: skipped at B={batch} T={t}: its kernels index the cache in 32-bit "
+                  f"int (_batch_idx * OC * IC overflows beyond 2^31 cache elements)", flush=True)
         elif kivi:
             kivi_decode(add, kivi, batch, heads, d, t, dev)
             torch.cuda.empty_cache()
@@ -289,11 +293,22 @@ def main():
             (now, now, socket.gethostname(), f"torch {torch.__version__} / python "
              f"{platform.python_version()}", name, digest, " ".join(sys.argv)))
         run_id = cur.lastrowid
-        for case, op, params, nbytes, t, spread, reps, extras, backend in rows:
+        # A case name is unique within a run (results/schema.sql): the backends timed under one
+        # name (torch, kivi, kivi_gemv) share its case row, whose params name each one's peer.
+        case_params = {}
+        for case, op, params, *_, backend in rows:
+            merged = case_params.setdefault(case, (op, json.loads(params), {}))
+            merged[2][backend] = json.loads(params).get("peer", "")
+        case_ids = {}
+        for case, (op, params, peers) in case_params.items():
+            if len(peers) > 1:
+                params = dict(params, peers=peers)
             c = db.execute("INSERT INTO cases (run_id, name, op, params_json, repro) VALUES "
-                           "(?, ?, ?, ?, ?)", (run_id, case, op, params,
+                           "(?, ?, ?, ?, ?)", (run_id, case, op, json.dumps(params),
                                                "python3 tools/torch_peers.py"))
-            cid = c.lastrowid
+            case_ids[case] = c.lastrowid
+        for case, op, params, nbytes, t, spread, reps, extras, backend in rows:
+            cid = case_ids[case]
             db.execute("INSERT INTO measurements (case_id, backend, metric, value, unit, "
                        "repetitions, spread) VALUES (?, ?, 'time', ?, 's', ?, ?)",
                        (cid, backend, t, reps, spread))

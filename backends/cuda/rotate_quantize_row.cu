@@ -1,27 +1,29 @@
 // The fused append path for the common shape: a row (one token's H·d channels) of 2^m channels,
-// m in {10, 11, 12}, groups of 128 on the token axis, 2 or 4 bits. One warp per row, the row in
-// registers (2^(m-5) floats per lane), nothing re-read from device memory:
-//  - load: lane l, register e hold element row_index(l, e): bits 0-2 of the index are e's low
-//    bits (one 16-byte vector), bits 3-4 are the lane's low bits (two lanes fill a 32-byte
-//    sector), the top three bits are the lane's high bits, the rest e's high bits. 16-bit rows
-//    arrive through a per-warp shared staging area with cp.async, the next row's copy in flight
-//    while this one is computed.
-//  - FWHT (docs/spec.md §1, stages in ascending h): a stage on an index bit held in registers
-//    is one add or subtract per element; a stage on a lane bit is one shuffle and one add/subtract
-//    (written as fma(v, ±1, other): the product is exact, so this is the correctly rounded
-//    other ± v, bit for bit the reference's a + b or a - b). The transform must not reach the
-//    top three bits for fwht_n ≤ 2^(m-3), the only ones the benchmarks use; larger n take two
-//    or three more shuffle stages, still exact. Then the one multiply by fwht_scale.
-//  - reorder: the rotated row goes to a per-warp shared buffer (16-byte stores, conflict-free by
-//    a swizzle of index bit 2); the quantizer gathers stored position p from rotated[perm[p]]
-//    through a per-block table of byte offsets laid out in the order lanes read it.
-//  - quantize (docs/spec.md §3): lane l owns positions 16(l mod 8) .. +15 of group 4r + l/8 for
-//    r = 0, 1, ...: min/max over its 16 values then three xor-shuffles among the 8 lanes of the
-//    group; the 16 codes form one 32-bit (b = 2) or 64-bit (b = 4) word, stored as one access.
-// The float zero point uses the shortcut of quantize_group.cuh (t * (1/s), the exact quotient
-// only within 2^-10 of a half-integer), with the clamp taken before the rounding (the same code:
-// clamp(rne(u), 0, maxq) == rne(clamp(u, 0, maxq)) for integer maxq) and the rounding as
-// (u + 1.5·2^23) - 1.5·2^23, whose low mantissa bits are the code.
+// m in {10, 11, 12}, groups of 128 on the token axis, 2 or 4 bits. A team of 2^m / 32 threads
+// (one to four warps) per row, 32 values per thread (128 registers, 4 blocks = 16 warps per SM);
+// blocks of 128 threads loop over rows (a persistent grid).
+//  - load: thread t of the team reads channels 32t .. 32t+31 straight into registers (16-byte
+//    loads, the next row's loads issued before this row is computed).
+//  - FWHT (docs/spec.md §1, stages in ascending h) in up to three register passes, each over 5
+//    index bits held in the thread's 32 registers, one add or subtract per element and stage:
+//    pass 1 bits 0-4 (as loaded), pass 2 bits 5-9 (lane = bits 0-4), pass 3 bits 10 and 11
+//    (only for fwht_n > 1024). Between passes the row goes through a shared buffer whose word
+//    for index i is i + i/32 (one pad word per 32): every pass's access, and the quantizer's
+//    gather without a permutation, is then conflict-free with [register + constant] addresses.
+//    The last pass applies the one multiply by fwht_scale.
+//  - reorder + quantize (docs/spec.md §3): thread t quantizes stored positions 32t .. 32t+31
+//    (a quarter of group t/4), reading position p from rotated[perm[p]] through 32 shared
+//    addresses computed once per block and kept in registers (one load per element); min/max
+//    over its 32 values then two xor-shuffles among the group's four threads. Two buffers
+//    alternate between rows, so one barrier per row separates a row's gather from the stores
+//    of the row after next.
+//  - codes (float zero point) by comparison with exact thresholds, no division: with s the
+//    fp16 scale widened and T_k = (k + 1/2)·s (exact in fp32: 11 by at most 5 significant
+//    bits), rne(fl(t / s)) > k exactly when t > T_k for even k and t >= T_k for odd k (fl(t/s)
+//    rounds to k + 1/2 only from within half an ulp, which s moves by less than an ulp of T_k;
+//    the tie goes to the even code). The code is found by binary search over the thresholds
+//    (b = 2: two comparisons), clamping to [0, maxq] included. Checked exhaustively against
+//    rne(fl(t/s)) for every positive fp16 s and t within 3 ulps of each threshold.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -37,28 +39,20 @@ namespace kvq::cuda {
 
 namespace {
 
-constexpr int kWarps = 8;
+constexpr int kThreads = 128;
+// Blocks per SM the registers must allow (128 registers a thread, no spills; 5 or 6 blocks spill
+// the gather addresses and measured slower: 0.482 and 0.522 ms against 0.434 on the H100).
+constexpr int kMinBlocks = 4;
 constexpr unsigned kFull = 0xFFFFFFFFu;
 
-template <int kM>
-__device__ __forceinline__ int row_index(int lane, int e) {
-  return (e & 7) | ((lane & 3) << 3) | ((e >> 3) << 5) | ((lane >> 2) << (kM - 3));
-}
-// Shared-buffer word of element p: its low five bits (the bank) XOR-ed with index bits 5, 6,
-// 7 ^ (m-3), 8. Then the 16-byte stores of 8 consecutive lanes (index bits 3, 4, m-3 vary) land
-// on 8 distinct bank quads, and so do the quantizer's reads of an unpermuted row (32 lanes at
-// positions differing in bits 4-8 hit 32 distinct banks). Bits 0-1 move only inside a 16-byte
-// vector (by bits 5-6, which the store knows at compile time).
-template <int kM>
-__device__ __forceinline__ int phys(int p) {
-  const int b7 = (p >> 7) ^ (kM == 10 ? 0 : p >> (kM - 3));
-  return p ^ (((p >> 5) & 1) | (((p >> 6) & 1) << 1) | ((b7 & 1) << 2) | (((p >> 8) & 1) << 3));
-}
+// Shared word of row index i (one pad word per 32).
+__host__ __device__ constexpr int padded(int i) { return i + (i >> 5); }
 
-template <int kR>
-__device__ __forceinline__ void register_stage(float (&v)[kR], int h) {
+// One FWHT stage on register bit j (stride 2^j in the thread's 32 values).
+__device__ __forceinline__ void register_stage(float (&v)[32], int j) {
+  const int h = 1 << j;
 #pragma unroll
-  for (int e = 0; e < kR; ++e)
+  for (int e = 0; e < 32; ++e)
     if ((e & h) == 0) {
       const float a = v[e];
       const float b = v[e + h];
@@ -67,64 +61,73 @@ __device__ __forceinline__ void register_stage(float (&v)[kR], int h) {
     }
 }
 
-template <int kR>
-__device__ __forceinline__ void lane_stage(float (&v)[kR], int lane, int mask) {
-  const float sign = (lane & mask) ? -1.0f : 1.0f;  // the upper lane of a pair holds b
+// Register stages on register bits kStart .. kStart + kCount - 1, ascending.
+template <int kStart, int kCount>
+__device__ __forceinline__ void stages(float (&v)[32]) {
 #pragma unroll
-  for (int e = 0; e < kR; ++e) {
-    const float other = __shfl_xor_sync(kFull, v[e], mask);
-    v[e] = __fmaf_rn(v[e], sign, other);  // exact ±v: a + b (lower) or a - b (upper)
-  }
+  for (int j = kStart; j < kStart + kCount; ++j) register_stage(v, j);
 }
 
-// Stages h = 1, 2, 4, ... n/2 of every n = 2^log2n block of the row.
-template <int kM, int kR>
-__device__ __forceinline__ void fwht_row(float (&v)[kR], int lane, int log2n) {
-#pragma unroll
-  for (int b = 0; b < kM; ++b) {
-    if (b >= log2n) break;
-    if (b < 3)
-      register_stage(v, 1 << b);
-    else if (b < 5)
-      lane_stage(v, lane, 1 << (b - 3));
-    else if (b < kM - 3)
-      register_stage(v, 1 << (b - 2));
-    else
-      lane_stage(v, lane, 1 << (b - kM + 5));
+// The first `count` stages of a pass whose register bits kStart.. are index bits in ascending
+// order. A switch of straight-line sequences rather than a test per stage: a conditional stage
+// would cost a register copy per butterfly where its branch merges.
+template <int kStart>
+__device__ __forceinline__ void pass_stages(float (&v)[32], int count) {
+  switch (count) {
+    case 1: stages<kStart, 1>(v); break;
+    case 2: if constexpr (kStart <= 3) stages<kStart, 2>(v); break;
+    case 3: if constexpr (kStart <= 2) stages<kStart, 3>(v); break;
+    case 4: if constexpr (kStart <= 1) stages<kStart, 4>(v); break;
+    case 5: if constexpr (kStart == 0) stages<kStart, 5>(v); break;
+    default: break;
   }
 }
 
 template <InputType kIn>
-__device__ __forceinline__ void widen8(uint4 raw, float* out) {
-  const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
+struct Raw {
+  static constexpr int kVec = kIn == InputType::F32 ? 8 : 4;  // 16-byte vectors per thread
+  uint4 q[kVec];
+};
+
+template <InputType kIn>
+__device__ __forceinline__ void load_raw(Raw<kIn>& r, const void* kv, int64_t first) {
+  const uint4* src = reinterpret_cast<const uint4*>(
+      static_cast<const char*>(kv) + first * (kIn == InputType::F32 ? 4 : 2));
 #pragma unroll
-  for (int k = 0; k < 4; ++k) {
-    if constexpr (kIn == InputType::F16) {
-      const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&w[k]));
-      out[2 * k] = f.x;
-      out[2 * k + 1] = f.y;
-    } else {
-      out[2 * k] = __uint_as_float(w[k] << 16);
-      out[2 * k + 1] = __uint_as_float(w[k] & 0xFFFF0000u);
+  for (int j = 0; j < Raw<kIn>::kVec; ++j) r.q[j] = __ldcs(src + j);
+}
+
+template <InputType kIn>
+__device__ __forceinline__ void widen(const Raw<kIn>& r, float (&v)[32]) {
+#pragma unroll
+  for (int j = 0; j < Raw<kIn>::kVec; ++j) {
+    const uint32_t w[4] = {r.q[j].x, r.q[j].y, r.q[j].z, r.q[j].w};
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      if constexpr (kIn == InputType::F32) {
+        v[4 * j + k] = __uint_as_float(w[k]);
+      } else if constexpr (kIn == InputType::F16) {
+        const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&w[k]));
+        v[8 * j + 2 * k] = f.x;
+        v[8 * j + 2 * k + 1] = f.y;
+      } else {
+        v[8 * j + 2 * k] = __uint_as_float(w[k] << 16);
+        v[8 * j + 2 * k + 1] = __uint_as_float(w[k] & 0xFFFF0000u);
+      }
     }
   }
 }
 
-__device__ __forceinline__ void copy_async16(void* smem, const void* global) {
-  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(global));
-}
-__device__ __forceinline__ void copy_async_commit() { asm volatile("cp.async.commit_group;\n"); }
-__device__ __forceinline__ void copy_async_wait() { asm volatile("cp.async.wait_group 0;\n"); }
-
-// A 16-bit row into the staging area in the order lanes read it back (conflict-free).
-template <int kM>
-__device__ __forceinline__ void stage_row(const uint16_t* row, uint4* stage, int lane) {
-  constexpr int kVec = (1 << (kM - 5)) / 8;
+__device__ __forceinline__ void scale_all(float (&v)[32], float s) {
 #pragma unroll
-  for (int j = 0; j < kVec; ++j)
-    copy_async16(stage + j * 32 + lane, row + row_index<kM>(lane, 8 * j));
-  copy_async_commit();
+  for (int e = 0; e < 32; ++e) v[e] = __fmul_rn(v[e], s);
+}
+
+template <int kOffset>
+__device__ __forceinline__ float gather(uint32_t addr) {
+  float f;
+  asm volatile("ld.shared.f32 %0, [%1+%2];\n" : "=f"(f) : "r"(addr), "n"(kOffset));
+  return f;
 }
 
 struct RowArgs {
@@ -139,220 +142,248 @@ struct RowArgs {
   uint16_t* zero;
   uint8_t* zero_int;
   int64_t* bad_group;
-  int64_t groups_per_row, line_bytes;
 };
 
-// Runs of 16 stored positions quantized together (kB runs at once for independent work):
-// lane l, run r of the row reads positions 128 (4r + l/8) + 16 (l mod 8) + 0..15 from the
-// shared buffer through the offset table (entry ((2r + h) * 32 + l) * 8 + k: position 8h + k).
-template <int kBits>
-using CodeWord = std::conditional_t<kBits == 2, uint32_t, uint64_t>;
-
-__device__ __forceinline__ float gathered(const char* bytes, const uint16_t* table, int r,
-                                          int lane, int e) {
-  return *reinterpret_cast<const float*>(bytes + table[((2 * r + (e >> 3)) * 32 + lane) * 8 + (e & 7)]);
+// w |= code(t) << kShift for b = 2 (file comment): t >= T_1 sets the high bit and picks T_2 or
+// T_0, t > that sets the low bit. Predicated ORs, so each bit costs a compare and an OR.
+template <int kShift>
+__device__ __forceinline__ void or_code2(uint32_t& w, float t, float t0, float t1, float t2) {
+  asm("{\n\t.reg .pred hi, lo;\n\t.reg .f32 th;\n\t"
+      "setp.ge.f32 hi, %1, %2;\n\t"
+      "selp.f32 th, %3, %4, hi;\n\t"
+      "setp.gt.f32 lo, %1, th;\n\t"
+      "@hi or.b32 %0, %0, %5;\n\t"
+      "@lo or.b32 %0, %0, %6;\n\t}"
+      : "+r"(w)
+      : "f"(t), "f"(t1), "f"(t2), "f"(t0), "n"(2u << kShift), "n"(1u << kShift));
 }
 
-template <int kBits, int kB>
-__device__ __forceinline__ void quantize_runs(const char* bytes, const uint16_t* table, int r0,
-                                              int lane, int64_t row, const RowArgs& a) {
+// b = 4: binary search over T_k = (k + 1/2) s, each computed exactly.
+__device__ __forceinline__ uint32_t code4(float t, float s) {
+  float lo = 0.0f;
+#pragma unroll
+  for (int step = 8; step >= 1; step >>= 1) {
+    const float th = __fmul_rn(__fadd_rn(lo, static_cast<float>(step) - 0.5f), s);
+    if (step > 1 ? t >= th : t > th) lo = __fadd_rn(lo, static_cast<float>(step));  // k odd / even
+  }
+  return static_cast<uint32_t>(lo);
+}
+
+template <int kBits, int kE = 0>
+__device__ __forceinline__ void float_codes(uint32_t (&w)[kBits], const float (&x)[32], float z,
+                                            float s, float t0, float t1, float t2) {
+  if constexpr (kE < 32) {
+    const float t = __fsub_rn(x[kE], z);
+    if constexpr (kBits == 2)
+      or_code2<(kE * 2) % 32>(w[kE / 16], t, t0, t1, t2);
+    else
+      w[kE / 8] |= code4(t, s) << ((kE * 4) % 32);
+    float_codes<kBits, kE + 1>(w, x, z, s, t0, t1, t2);
+  }
+}
+
+template <int kBits>
+using CodeWord = std::conditional_t<kBits == 2, uint2, uint4>;
+
+// Quantizes this thread's 32 values x (stored positions 32t .. 32t+31 of the row, quarter q of
+// group g) and writes its codes (and, for q = 0, the group's scale and zero).
+template <int kBits>
+__device__ __forceinline__ void quantize_quarter(const float (&x)[32], int t, int64_t row,
+                                                 int64_t groups_per_row, const RowArgs& a) {
   constexpr float kMaxq = static_cast<float>((1 << kBits) - 1);
-  const uint4* t4 = reinterpret_cast<const uint4*>(table);
-  float x[kB][16];
+  const int q = t & 3;
+  float lo = x[0], hi = x[0];
 #pragma unroll
-  for (int b = 0; b < kB; ++b) {
-    const uint4 t0 = t4[(2 * (r0 + b)) * 32 + lane];
-    const uint4 t1 = t4[(2 * (r0 + b) + 1) * 32 + lane];
-    const uint32_t off[8] = {t0.x, t0.y, t0.z, t0.w, t1.x, t1.y, t1.z, t1.w};
+  for (int e = 1; e < 32; ++e) lo = fminf(lo, x[e]), hi = fmaxf(hi, x[e]);
 #pragma unroll
-    for (int k = 0; k < 8; ++k) {
-      x[b][2 * k] = *reinterpret_cast<const float*>(bytes + (off[k] & 0xFFFFu));
-      x[b][2 * k + 1] = *reinterpret_cast<const float*>(bytes + (off[k] >> 16));
-    }
+  for (int off = 1; off < 4; off <<= 1) {
+    lo = fminf(lo, __shfl_xor_sync(kFull, lo, off));
+    hi = fmaxf(hi, __shfl_xor_sync(kFull, hi, off));
   }
-  float lo[kB], hi[kB];
-#pragma unroll
-  for (int b = 0; b < kB; ++b) {
-    lo[b] = x[b][0], hi[b] = x[b][0];
-#pragma unroll
-    for (int e = 1; e < 16; ++e) lo[b] = fminf(lo[b], x[b][e]), hi[b] = fmaxf(hi[b], x[b][e]);
-  }
-#pragma unroll
-  for (int off = 1; off < 8; off <<= 1)
-#pragma unroll
-    for (int b = 0; b < kB; ++b) {
-      lo[b] = fminf(lo[b], __shfl_xor_sync(kFull, lo[b], off));
-      hi[b] = fmaxf(hi[b], __shfl_xor_sync(kFull, hi[b], off));
-    }
-  bool zero_extreme = false;
-#pragma unroll
-  for (int b = 0; b < kB; ++b) zero_extreme |= lo[b] == 0.0f || hi[b] == 0.0f;
-  if (__any_sync(kFull, zero_extreme)) {
+  if (__any_sync(kFull, lo == 0.0f || hi == 0.0f)) {
     // The reference's scan keeps the sign of the first zero in group order.
+    int first = 32;  // this thread's first zero, then its position in the group
+    float sign = 0.0f;
 #pragma unroll
-    for (int b = 0; b < kB; ++b) {
-      int first = 0x7FFFFFFF;
-      float sign = 0.0f;
+    for (int e = 31; e >= 0; --e)
+      if (x[e] == 0.0f) first = e, sign = x[e];
+    first = first == 32 ? 0x7FFFFFFF : 32 * q + first;
 #pragma unroll
-      for (int e = 15; e >= 0; --e)
-        if (x[b][e] == 0.0f) first = 16 * (lane & 7) + e, sign = x[b][e];
+    for (int off = 1; off < 4; off <<= 1) {
+      const int of = __shfl_xor_sync(kFull, first, off);
+      const float os = __shfl_xor_sync(kFull, sign, off);
+      if (of < first) first = of, sign = os;
+    }
+    if (lo == 0.0f) lo = sign;
+    if (hi == 0.0f) hi = sign;
+  }
+  const int64_t group = row * groups_per_row + (t >> 2);
+  const float l = __fmul_rn(lo, a.clip);
+  const float h = __fmul_rn(hi, a.clip);
+  const float range = __fdiv_rn(__fsub_rn(h, l), kMaxq);
+  const uint16_t scale16 = detail::half_bits(range);
+  const uint16_t zero16 = detail::half_bits(l);
+  if (!detail::half_finite(scale16) || (!a.int_zero_point && !detail::half_finite(zero16))) {
+    if (q == 0)
+      atomicMin(reinterpret_cast<unsigned long long*>(a.bad_group),
+                static_cast<unsigned long long>(group));
+    return;
+  }
+  uint32_t w[kBits] = {};  // 32 codes of kBits bits, little-endian
+  if (!a.int_zero_point) {
+    if (q == 0) a.scale[group] = scale16, a.zero[group] = zero16;
+    const float s = detail::half_value(scale16);
+    const float z = detail::half_value(zero16);
+    if (s != 0.0f) {
+      const float t0 = __fmul_rn(0.5f, s), t1 = __fmul_rn(1.5f, s), t2 = __fmul_rn(2.5f, s);
+      float_codes<kBits>(w, x, z, s, t0, t1, t2);
+    }
+  } else {
+    const float s = range;
+    uint32_t zp = 0;
+    if (s != 0.0f) zp = detail::clamp_code(rintf(__fdiv_rn(-l, s)), kMaxq);
+    if (q == 0) a.scale[group] = scale16, a.zero_int[group] = static_cast<uint8_t>(zp);
+    if (s != 0.0f) {
+      const float zpf = static_cast<float>(zp);
 #pragma unroll
-      for (int off = 1; off < 8; off <<= 1) {
-        const int of = __shfl_xor_sync(kFull, first, off);
-        const float os = __shfl_xor_sync(kFull, sign, off);
-        if (of < first) first = of, sign = os;
-      }
-      if (lo[b] == 0.0f) lo[b] = sign;
-      if (hi[b] == 0.0f) hi[b] = sign;
+      for (int e = 0; e < 32; ++e)
+        w[e * kBits / 32] |=
+            detail::clamp_code(__fadd_rn(rintf(__fdiv_rn(x[e], s)), zpf), kMaxq)
+            << ((e * kBits) % 32);
     }
   }
-  const bool leader = (lane & 7) == 0;
-#pragma unroll
-  for (int b = 0; b < kB; ++b) {
-    const int r = r0 + b;
-    const int g = 4 * r + (lane >> 3);
-    const int64_t group = row * a.groups_per_row + g;
-    const float l = __fmul_rn(lo[b], a.clip);
-    const float h = __fmul_rn(hi[b], a.clip);
-    const float range = __fdiv_rn(__fsub_rn(h, l), kMaxq);
-    const uint16_t scale16 = detail::half_bits(range);
-    const uint16_t zero16 = detail::half_bits(l);
-    if (!detail::half_finite(scale16) || (!a.int_zero_point && !detail::half_finite(zero16))) {
-      if (leader)
-        atomicMin(reinterpret_cast<unsigned long long*>(a.bad_group),
-                  static_cast<unsigned long long>(group));
-      continue;
-    }
-    CodeWord<kBits> w = 0;
-    if (!a.int_zero_point) {
-      if (leader) a.scale[group] = scale16, a.zero[group] = zero16;
-      const float s = detail::half_value(scale16);
-      const float z = detail::half_value(zero16);
-      if (s != 0.0f) {
-        // u = (x - z) / s as t * (1/s): |qa - u| <= |u| 2^-23 <= 2^-19 for u <= 16, so only a
-        // value within 2^-14 of a half-integer can round differently; those take the exact
-        // quotient one at a time. (Clamping first is the same code, see the file comment.)
-        constexpr float kMagic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-        const float inv_s = __frcp_rn(s);
-        uint32_t near_half = 0;
-#pragma unroll
-        for (int e = 0; e < 16; ++e) {
-          const float qa =
-              fminf(fmaxf(__fmul_rn(__fsub_rn(x[b][e], z), inv_s), 0.0f), kMaxq);
-          const float y = __fadd_rn(qa, kMagic);
-          if (fabsf(__fsub_rn(qa, __fsub_rn(y, kMagic))) >= 0.5f - 0x1p-14f) near_half |= 1u << e;
-          w |= static_cast<CodeWord<kBits>>(__float_as_uint(y) - __float_as_uint(kMagic))
-               << (e * kBits);
-        }
-        while (near_half != 0) {
-          const int e = __ffs(near_half) - 1;
-          near_half &= near_half - 1;
-          const uint32_t code =
-              detail::clamp_code(rintf(__fdiv_rn(__fsub_rn(gathered(bytes, table, r, lane, e), z), s)),
-                                 kMaxq);
-          w = (w & ~(static_cast<CodeWord<kBits>>(kMaxq) << (e * kBits))) |
-              (static_cast<CodeWord<kBits>>(code) << (e * kBits));
-        }
-      }
-    } else {
-      const float s = range;
-      uint32_t zp = 0;
-      if (s != 0.0f) zp = detail::clamp_code(rintf(__fdiv_rn(-l, s)), kMaxq);
-      if (leader) a.scale[group] = scale16, a.zero_int[group] = static_cast<uint8_t>(zp);
-      if (s != 0.0f) {
-        const float zpf = static_cast<float>(zp);
-#pragma unroll 1
-        for (int e = 0; e < 16; ++e)
-          w |= static_cast<CodeWord<kBits>>(detail::clamp_code(
-                   __fadd_rn(rintf(__fdiv_rn(gathered(bytes, table, r, lane, e), s)), zpf), kMaxq))
-               << (e * kBits);
-      }
-    }
-    *reinterpret_cast<CodeWord<kBits>*>(a.codes + row * a.line_bytes + g * 16 * kBits +
-                                        (lane & 7) * 2 * kBits) = w;
-  }
+  CodeWord<kBits> out;
+  if constexpr (kBits == 2)
+    out = make_uint2(w[0], w[1]);
+  else
+    out = make_uint4(w[0], w[1], w[2], w[3]);
+  *reinterpret_cast<CodeWord<kBits>*>(a.codes + (row * groups_per_row * 4 + t) * 4 * kBits) = out;
 }
 
 template <InputType kIn, int kM, int kBits>
-__global__ void __launch_bounds__(kWarps * 32)
-    row_kernel(RowArgs a, const int32_t* __restrict__ perm) {
-  constexpr int kCols = 1 << kM;
-  constexpr int kR = kCols / 32;       // floats per lane
-  constexpr int kRuns = kCols / 512;   // 16-value runs per lane
-  constexpr int kBatch = 2;            // runs quantized together
-  constexpr bool kStaged = kIn != InputType::F32;
-  extern __shared__ uint4 smem[];
-  // [table: kCols uint16][per warp: buffer kCols floats][per warp: staging kCols 16-bit]
-  uint16_t* table = reinterpret_cast<uint16_t*>(smem);
-  const int warp = static_cast<int>(threadIdx.x >> 5);
-  const int lane = static_cast<int>(threadIdx.x & 31u);
-  float* buf = reinterpret_cast<float*>(table + kCols) + warp * kCols;
-  uint4* stage = reinterpret_cast<uint4*>(reinterpret_cast<float*>(table + kCols) +
-                                          kWarps * kCols) + warp * (kCols / 8);
-  // Table entry ((r * 2 + h) * 32 + l) * 8 + k: byte offset in buf of stored position
-  // 128 (4r + l/8) + 16 (l mod 8) + 8h + k, i.e. of rotated channel perm[that].
-  for (int i = static_cast<int>(threadIdx.x); i < kCols; i += kWarps * 32) {
-    const int k = i & 7, l = (i >> 3) & 31, h = (i >> 8) & 1, r = i >> 9;
-    const int p = 128 * (4 * r + (l >> 3)) + 16 * (l & 7) + 8 * h + k;
-    table[i] = static_cast<uint16_t>(4 * phys<kM>(perm ? perm[p] : p));
-  }
-  __syncthreads();
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * kWarps;
-  int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + warp;
-  const uint16_t* src16 = static_cast<const uint16_t*>(a.kv);
-  if constexpr (kStaged)
-    if (row < a.rows) stage_row<kM>(src16 + row * kCols, stage, lane);
-  for (; row < a.rows; row += stride) {
-    float v[kR];
-    if constexpr (kStaged) {
-      uint4 raw[kR / 8];
-      copy_async_wait();
-      __syncwarp();
-#pragma unroll
-      for (int j = 0; j < kR / 8; ++j) raw[j] = stage[j * 32 + lane];
-      __syncwarp();
-      if (row + stride < a.rows) stage_row<kM>(src16 + (row + stride) * kCols, stage, lane);
-#pragma unroll
-      for (int j = 0; j < kR / 8; ++j) widen8<kIn>(raw[j], v + 8 * j);
+struct RowKernel {
+  static constexpr int kCols = 1 << kM;
+  static constexpr int kTeam = kCols / 32;             // threads per row
+  static constexpr int kRowsPerBlock = kThreads / kTeam;
+  static constexpr int kBufWords = padded(kCols);      // one row's buffer
+  static constexpr int kParityBytes = kRowsPerBlock * kBufWords * 4;
+  static constexpr size_t kSmem = 2 * static_cast<size_t>(kParityBytes);
+
+  // Team barrier: the block's for a team of four warps, a named barrier per team of two (teams
+  // run independently), the warp's for one. Constant ids: a barrier id in a register reserves
+  // all 16 and caps the blocks per SM at 4.
+  __device__ static void team_sync(int team) {
+    if constexpr (kTeam == kThreads) {
+      __syncthreads();
+    } else if constexpr (kTeam > 32) {
+      if (team == 0)
+        asm volatile("bar.sync 1, %0;\n" ::"n"(kTeam) : "memory");
+      else
+        asm volatile("bar.sync 2, %0;\n" ::"n"(kTeam) : "memory");
     } else {
-      const float* src = static_cast<const float*>(a.kv) + row * kCols;
-#pragma unroll
-      for (int j = 0; j < kR / 4; ++j) {
-        const float4 f = __ldcs(reinterpret_cast<const float4*>(src + row_index<kM>(lane, 4 * j)));
-        v[4 * j] = f.x, v[4 * j + 1] = f.y, v[4 * j + 2] = f.z, v[4 * j + 3] = f.w;
-      }
+      __syncwarp();
     }
-    if (a.log2n > 0) {
-      fwht_row<kM>(v, lane, a.log2n);
+  }
+
+  // FWHT passes on row `v` (pass 1 values, loaded), ending with the rotated, scaled row in buf.
+  __device__ static void rotate_into(float (&v)[32], float* buf, int team, int t, int lane,
+                                     int wt, const RowArgs& a) {
+    const int log2n = a.log2n;
+    {
+      pass_stages<0>(v, min(log2n, 5));
+      if (log2n > 0 && log2n <= 5) scale_all(v, a.fwht_scale);
+      float* p = buf + padded(32 * t);
 #pragma unroll
-      for (int e = 0; e < kR; ++e) v[e] = __fmul_rn(v[e], a.fwht_scale);
+      for (int e = 0; e < 32; ++e) p[e] = v[e];
     }
-#pragma unroll
-    for (int j = 0; j < kR / 4; ++j) {
-      // Element 4j + q lands in word q ^ x of the vector, x = index bits 5-6 = bits 1-2 of j.
-      const int x = (j >> 1) & 3;
-      *reinterpret_cast<float4*>(buf + (phys<kM>(row_index<kM>(lane, 4 * j)) & ~3)) =
-          make_float4(v[4 * j + (0 ^ x)], v[4 * j + (1 ^ x)], v[4 * j + (2 ^ x)],
-                      v[4 * j + (3 ^ x)]);
-    }
+    if (log2n <= 5) return;
     __syncwarp();
-    const char* bytes = reinterpret_cast<const char*>(buf);
-#pragma unroll 1
-    for (int r = 0; r < kRuns; r += kBatch)
-      quantize_runs<kBits, kBatch>(bytes, table, r, lane, row, a);
-    __syncwarp();
+    {
+      // Pass 2: lane = bits 0-4, register = bits 5-9, warp of the team = bits 10-11.
+      float* p = buf + padded(1024 * wt + lane);
+#pragma unroll
+      for (int e = 0; e < 32; ++e) v[e] = p[33 * e];
+      pass_stages<0>(v, min(log2n - 5, 5));
+      if (log2n <= 10) scale_all(v, a.fwht_scale);
+#pragma unroll
+      for (int e = 0; e < 32; ++e) p[33 * e] = v[e];
+    }
+    if constexpr (kM > 10) {
+      if (log2n <= 10) return;
+      team_sync(team);
+      // Pass 3: lane = bits 0-4; m = 12: registers bits 5, 6, 7, 10, 11, warp bits 8-9;
+      // m = 11: registers bits 5, 6, 7, 8, 10, warp bit 9.
+      constexpr int kLow = kM == 12 ? 3 : 4;  // register bits below the warp's
+      float* p = buf + padded((wt << (5 + kLow)) + lane);
+#pragma unroll
+      for (int e = 0; e < 32; ++e) v[e] = p[index3(e) + (index3(e) >> 5)];
+      pass_stages<kM == 12 ? 3 : 4>(v, log2n - 10);  // register 3 or 4 holds bit 10
+      scale_all(v, a.fwht_scale);
+#pragma unroll
+      for (int e = 0; e < 32; ++e) p[index3(e) + (index3(e) >> 5)] = v[e];
+    }
+  }
+  // Pass 3's index offset of register e (relative to the thread's first index).
+  __host__ __device__ static constexpr int index3(int e) {
+    return kM == 12 ? 32 * (e & 7) + 1024 * (e >> 3) : 32 * (e & 15) + 1024 * (e >> 4);
+  }
+
+  template <int kParity>
+  __device__ static void row_step(Raw<kIn>& cur, int64_t row, int64_t stride, float* smem,
+                                  const uint32_t (&addr)[32], int team, int t, int lane, int wt,
+                                  const RowArgs& a) {
+    Raw<kIn> next;
+    if (row + stride < a.rows) load_raw<kIn>(next, a.kv, (row + stride) * kCols + 32 * t);
+    float v[32];
+    float* buf = smem + kParity * (kParityBytes / 4) + team * kBufWords;
+    widen<kIn>(cur, v);
+    rotate_into(v, buf, team, t, lane, wt, a);
+    team_sync(team);
+#pragma unroll
+    for (int e = 0; e < 32; ++e) v[e] = gather<kParity * kParityBytes>(addr[e]);
+    quantize_quarter<kBits>(v, t, row, kCols / 128, a);
+    cur = next;
+  }
+};
+
+template <InputType kIn, int kM, int kBits>
+__global__ void __launch_bounds__(kThreads, kMinBlocks)
+    row_kernel(RowArgs a, const int32_t* __restrict__ perm) {
+  using K = RowKernel<kIn, kM, kBits>;
+  extern __shared__ float smem[];
+  const int tid = static_cast<int>(threadIdx.x);
+  const int team = tid / K::kTeam, t = tid % K::kTeam;
+  const int lane = tid & 31, wt = t >> 5;
+  // Shared address of stored position 32t + e in this team's parity-0 buffer.
+  uint32_t addr[32];
+  const uint32_t base =
+      static_cast<uint32_t>(__cvta_generic_to_shared(smem + team * K::kBufWords));
+#pragma unroll
+  for (int e = 0; e < 32; ++e) {
+    const int p = 32 * t + e;
+    addr[e] = base + 4u * static_cast<uint32_t>(padded(perm ? perm[p] : p));
+  }
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * K::kRowsPerBlock;
+  int64_t row = static_cast<int64_t>(blockIdx.x) * K::kRowsPerBlock + team;
+  Raw<kIn> cur;
+  if (row < a.rows) load_raw<kIn>(cur, a.kv, row * K::kCols + 32 * t);
+  while (row < a.rows) {  // team-uniform: the barriers are per team
+    K::template row_step<0>(cur, row, stride, smem, addr, team, t, lane, wt, a);
+    row += stride;
+    if (row >= a.rows) break;
+    K::template row_step<1>(cur, row, stride, smem, addr, team, t, lane, wt, a);
+    row += stride;
   }
 }
 
 template <InputType kIn, int kM, int kBits>
 void launch_row(const RowArgs& a, const int32_t* perm, cudaStream_t stream) {
-  constexpr int kCols = 1 << kM;
-  const size_t smem = kCols * sizeof(uint16_t) + kWarps * kCols * sizeof(float) +
-                      (kIn != InputType::F32 ? kWarps * kCols * sizeof(uint16_t) : 0);
+  using K = RowKernel<kIn, kM, kBits>;
   static bool raised = false;
   if (!raised) {
     check(cudaFuncSetAttribute(row_kernel<kIn, kM, kBits>,
-                               cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
+                               cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               static_cast<int>(K::kSmem)),
           "rotate_quantize rows: shared memory limit");
     raised = true;
   }
@@ -360,12 +391,13 @@ void launch_row(const RowArgs& a, const int32_t* perm, cudaStream_t stream) {
   check(cudaGetDevice(&device), "cudaGetDevice");
   check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "SM count");
   check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, row_kernel<kIn, kM, kBits>,
-                                                      kWarps * 32, smem),
+                                                      kThreads, K::kSmem),
         "rotate_quantize rows: occupancy");
   int64_t blocks = static_cast<int64_t>(sms) * (per_sm > 0 ? per_sm : 1);
-  const int64_t needed = (a.rows + kWarps - 1) / kWarps;
+  const int64_t needed = (a.rows + K::kRowsPerBlock - 1) / K::kRowsPerBlock;
   if (blocks > needed) blocks = needed;
-  row_kernel<kIn, kM, kBits><<<static_cast<unsigned>(blocks), kWarps * 32, smem, stream>>>(a, perm);
+  row_kernel<kIn, kM, kBits>
+      <<<static_cast<unsigned>(blocks), kThreads, K::kSmem, stream>>>(a, perm);
   check_launch("rotate_quantize rows kernel");
 }
 
@@ -403,8 +435,8 @@ bool rotate_quantize_rows(const void* kv, const FusedAppend& f, const DeviceQuan
   if (m < 10 || m > 12 || l.channel_axis || l.group != 128 || (l.bits != 2 && l.bits != 4) ||
       log2n < 0 || log2n > m || (reinterpret_cast<uintptr_t>(kv) & 15u) != 0 || l.rows < 1)
     return false;
-  RowArgs a{kv,   l.rows, log2n, f.fwht_scale, l.clip,      l.int_zero_point,
-            codes, scale, zero, zero_int, bad_group, l.cols / 128, l.cols * l.bits / 8};
+  RowArgs a{kv,    l.rows, log2n, f.fwht_scale, l.clip,   l.int_zero_point,
+            codes, scale,  zero,  zero_int,     bad_group};
   switch (f.input) {
     case InputType::F32: dispatch_cols<InputType::F32>(a, m, l.bits, f.perm, stream); break;
     case InputType::F16: dispatch_cols<InputType::F16>(a, m, l.bits, f.perm, stream); break;
