@@ -36,17 +36,17 @@ pivot AS (
   GROUP BY k.id
 )
 SELECT input, method, bits,
-       CASE WHEN kv_nmse IS NULL THEN NULL ELSE printf('%.6g', kv_nmse) END AS kv_nmse,
-       CASE WHEN k_nmse IS NULL THEN NULL ELSE printf('%.6g', k_nmse) END AS k_nmse,
-       CASE WHEN v_nmse IS NULL THEN NULL ELSE printf('%.6g', v_nmse) END AS v_nmse,
+       CASE WHEN kv_nmse IS NULL THEN NULL ELSE CAST(printf('%.6g', kv_nmse) AS REAL) END AS kv_nmse,
+       CASE WHEN k_nmse IS NULL THEN NULL ELSE CAST(printf('%.6g', k_nmse) AS REAL) END AS k_nmse,
+       CASE WHEN v_nmse IS NULL THEN NULL ELSE CAST(printf('%.6g', v_nmse) AS REAL) END AS v_nmse,
        CASE WHEN attention_rel_error IS NULL THEN NULL
-            ELSE printf('%.6g', attention_rel_error) END AS attention_rel_error,
+            ELSE CAST(printf('%.6g', attention_rel_error) AS REAL) END AS attention_rel_error,
        CASE WHEN attention_rel_l2 IS NULL THEN NULL
-            ELSE printf('%.6g', attention_rel_l2) END AS attention_rel_l2,
-       CASE WHEN score_kl IS NULL THEN NULL ELSE printf('%.6g', score_kl) END AS score_kl,
+            ELSE CAST(printf('%.6g', attention_rel_l2) AS REAL) END AS attention_rel_l2,
+       CASE WHEN score_kl IS NULL THEN NULL ELSE CAST(printf('%.6g', score_kl) AS REAL) END AS score_kl,
        CASE WHEN bits_per_element IS NULL THEN NULL
-            ELSE printf('%.6g', bits_per_element) END AS bits_per_element,
-       CASE WHEN ppl IS NULL THEN NULL ELSE printf('%.6g', ppl) END AS ppl,
-       CASE WHEN ppl_fp32 IS NULL THEN NULL ELSE printf('%.6g', ppl_fp32) END AS ppl_fp32
+            ELSE CAST(printf('%.6g', bits_per_element) AS REAL) END AS bits_per_element,
+       CASE WHEN ppl IS NULL THEN NULL ELSE CAST(printf('%.6g', ppl) AS REAL) END AS ppl,
+       CASE WHEN ppl_fp32 IS NULL THEN NULL ELSE CAST(printf('%.6g', ppl_fp32) AS REAL) END AS ppl_fp32
 FROM pivot
 ORDER BY input, bits IS NULL, bits, first_case;

@@ -29,7 +29,7 @@ experts AS (
   WHERE c.op = 'experts'
 )
 SELECT input, rank, layer, expert,
-       CASE WHEN max_abs IS NULL THEN NULL ELSE printf('%.6g', max_abs) END AS max_abs,
+       CASE WHEN max_abs IS NULL THEN NULL ELSE CAST(printf('%.6g', max_abs) AS REAL) END AS max_abs,
        token, channel
 FROM experts
 ORDER BY input, case_id, rank;

@@ -40,8 +40,8 @@ papers AS (
          max(CASE WHEN method = 'rtn' THEN ppl END) AS t
   FROM best GROUP BY budget
 )
-SELECT r.budget AS bits_budget, r.rank, r.method, printf('%.5g', r.ppl) AS ppl,
-       printf('%.4g', r.bits) AS bits_per_element, r.name AS "case",
+SELECT r.budget AS bits_budget, r.rank, r.method, CAST(printf('%.5g', r.ppl) AS REAL) AS ppl,
+       CAST(printf('%.4g', r.bits) AS REAL) AS bits_per_element, r.name AS "case",
        CASE WHEN p.r IS NULL OR p.k IS NULL OR p.t IS NULL THEN 'n/a'
             WHEN p.r < p.k AND p.k < p.t THEN 'held' ELSE 'did not hold' END
          AS "rotatekv<kivi<rtn"

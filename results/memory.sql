@@ -23,12 +23,12 @@ pivot AS (
   WHERE c.op = 'memory'
   GROUP BY c.id
 )
-SELECT method, bits, context, printf('%.4g', bpe) AS bits_per_element,
-       printf('%.1f', bytes) AS bytes_per_token, CAST(batch AS INTEGER) AS max_batch,
+SELECT method, bits, context, CAST(printf('%.4g', bpe) AS REAL) AS bits_per_element,
+       CAST(printf('%.1f', bytes) AS REAL) AS bytes_per_token, CAST(batch AS INTEGER) AS max_batch,
        CAST(fp16_batch AS INTEGER) AS fp16_max_batch,
-       CASE WHEN batch_ratio IS NULL THEN NULL ELSE printf('%.3g', batch_ratio) END AS batch_ratio,
-       printf('%.3g', memory_ratio) AS memory_ratio,
-       CASE WHEN paper_batch IS NULL THEN NULL ELSE printf('%.3g', paper_batch) END AS paper_batch_ratio,
-       CASE WHEN paper_memory IS NULL THEN NULL ELSE printf('%.3g', paper_memory) END AS paper_memory_ratio
+       CASE WHEN batch_ratio IS NULL THEN NULL ELSE CAST(printf('%.3g', batch_ratio) AS REAL) END AS batch_ratio,
+       CAST(printf('%.3g', memory_ratio) AS REAL) AS memory_ratio,
+       CASE WHEN paper_batch IS NULL THEN NULL ELSE CAST(printf('%.3g', paper_batch) AS REAL) END AS paper_batch_ratio,
+       CASE WHEN paper_memory IS NULL THEN NULL ELSE CAST(printf('%.3g', paper_memory) AS REAL) END AS paper_memory_ratio
 FROM pivot
 ORDER BY id;

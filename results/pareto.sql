@@ -20,8 +20,8 @@ points AS (
   GROUP BY c.id
   HAVING ppl IS NOT NULL AND bits IS NOT NULL
 )
-SELECT p.method, p.name AS "case", printf('%.4g', p.bits) AS bits_per_element,
-       printf('%.5g', p.ppl) AS ppl, printf('%+.2f%%', 100.0 * (p.ppl / p.ppl_fp32 - 1.0)) AS vs_fp32
+SELECT p.method, p.name AS "case", CAST(printf('%.4g', p.bits) AS REAL) AS bits_per_element,
+       CAST(printf('%.5g', p.ppl) AS REAL) AS ppl, printf('%+.2f%%', 100.0 * (p.ppl / p.ppl_fp32 - 1.0)) AS vs_fp32
 FROM points p
 WHERE NOT EXISTS (
   SELECT 1 FROM points o

@@ -30,10 +30,10 @@ predictors AS (
 )
 SELECT p.input AS input, p.predictor AS predictor,
        json_array_length(p.predicted) AS predicted,
-       CASE WHEN mp.value IS NULL THEN NULL ELSE printf('%.4f', mp.value) END AS precision,
-       CASE WHEN mr.value IS NULL THEN NULL ELSE printf('%.4f', mr.value) END AS recall,
-       CASE WHEN pp.value IS NULL THEN NULL ELSE printf('%.4f', pp.value) END AS planted_precision,
-       CASE WHEN pr.value IS NULL THEN NULL ELSE printf('%.4f', pr.value) END AS planted_recall,
+       CASE WHEN mp.value IS NULL THEN NULL ELSE CAST(printf('%.4f', mp.value) AS REAL) END AS precision,
+       CASE WHEN mr.value IS NULL THEN NULL ELSE CAST(printf('%.4f', mr.value) AS REAL) END AS recall,
+       CASE WHEN pp.value IS NULL THEN NULL ELSE CAST(printf('%.4f', pp.value) AS REAL) END AS planted_precision,
+       CASE WHEN pr.value IS NULL THEN NULL ELSE CAST(printf('%.4f', pr.value) AS REAL) END AS planted_recall,
        trim(coalesce(p.missed, ''), '[]') AS missed,
        trim(coalesce(p.extra, ''), '[]') AS extra,
        trim(coalesce(p.unscored, ''), '[]') AS beyond

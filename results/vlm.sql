@@ -27,11 +27,11 @@ pivot AS (
   GROUP BY c.id
 )
 SELECT name AS "case", image_tokens, text_attention, bits,
-       printf('%.4g', akvq) AS akvq_error, printf('%.4g', uniform) AS uniform_error,
+       CAST(printf('%.4g', akvq) AS REAL) AS akvq_error, CAST(printf('%.4g', uniform) AS REAL) AS uniform_error,
        CASE WHEN akvq < uniform THEN 'akvq-vl' ELSE 'uniform' END AS equal_bits_winner,
-       printf('%.4g', spec) AS spec_error, printf('%.3f', spec_bits) AS spec_avg_bits,
-       CAST(above_bits AS INTEGER) AS uniform_above_bits, printf('%.4g', above) AS uniform_above_error,
+       CAST(printf('%.4g', spec) AS REAL) AS spec_error, CAST(printf('%.3f', spec_bits) AS REAL) AS spec_avg_bits,
+       CAST(above_bits AS INTEGER) AS uniform_above_bits, CAST(printf('%.4g', above) AS REAL) AS uniform_above_error,
        CASE WHEN spec < above THEN 'spec' ELSE 'uniform' END AS spec_vs_above_winner,
-       printf('%.4g', akvq_bpe) AS akvq_bits_per_element, printf('%.4g', spec_bpe) AS spec_bits_per_element
+       CAST(printf('%.4g', akvq_bpe) AS REAL) AS akvq_bits_per_element, CAST(printf('%.4g', spec_bpe) AS REAL) AS spec_bits_per_element
 FROM pivot
 ORDER BY id;

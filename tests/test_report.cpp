@@ -120,15 +120,16 @@ void method_run(kvq::Store& s) {
 // `kvq report ARGS...` in-process: its stdout, or the kvq::Error it threw.
 struct Output {
   int status = 0;
-  std::string out, error;
+  std::string out, error, err;  // err: what it wrote to std::cerr (notes)
 };
 Output report(const std::vector<std::string>& args) {
   std::vector<std::string> text = {"report"};
   text.insert(text.end(), args.begin(), args.end());
   std::vector<char*> argv;
   for (std::string& t : text) argv.push_back(t.data());
-  std::ostringstream captured;
+  std::ostringstream captured, captured_err;
   std::streambuf* old = std::cout.rdbuf(captured.rdbuf());
+  std::streambuf* old_err = std::cerr.rdbuf(captured_err.rdbuf());
   Output o;
   try {
     o.status = kvq::cmd_report(static_cast<int>(argv.size()), argv.data());
@@ -137,7 +138,9 @@ Output report(const std::vector<std::string>& args) {
     o.error = e.what();
   }
   std::cout.rdbuf(old);
+  std::cerr.rdbuf(old_err);
   o.out = captured.str();
+  o.err = captured_err.str();
   return o;
 }
 
@@ -283,17 +286,18 @@ TEST_CASE("report accuracy: one row per input, method and bits with the stored m
   // Ordered by input, bits, then scenario order.
   CHECK(rows[0]["input"] == "acc");
   CHECK(rows[0]["method"] == "rtn");
-  CHECK(rows[0]["bits"] == "2");
-  CHECK(rows[0]["kv_nmse"] == "0.1");
+  CHECK(rows[0]["bits"] == 2);  // typed JSON: INTEGER and REAL as numbers
+  CHECK(rows[0]["kv_nmse"] == 0.1);
+  CHECK(rows[0]["kv_nmse"].is_number_float());
   CHECK(rows[1]["method"] == "kivi");
-  CHECK(rows[1]["attention_rel_error"] == "0.12");
-  CHECK(rows[1]["attention_rel_l2"] == "0.2");
+  CHECK(rows[1]["attention_rel_error"] == 0.12);
+  CHECK(rows[1]["attention_rel_l2"] == 0.2);
   CHECK(rows[2]["method"] == "rotatekv");
-  CHECK(rows[2]["bits_per_element"] == "2.25");
-  CHECK(rows[3]["bits"] == "4");
-  CHECK(rows[4]["kv_nmse"] == "0.002");
-  CHECK(rows[0]["ppl"] == "");  // not measured: empty, never 0
-  CHECK(rows[0]["score_kl"] == "");
+  CHECK(rows[2]["bits_per_element"] == 2.25);
+  CHECK(rows[3]["bits"] == 4);
+  CHECK(rows[4]["kv_nmse"] == 0.002);
+  CHECK(rows[0]["ppl"].is_null());  // not measured: null, never 0
+  CHECK(rows[0]["score_kl"].is_null());
 
   const Output run2 = report({"accuracy", "--db", path, "--run", "2", "--format", "csv"});
   REQUIRE(run2.status == 0);
@@ -381,10 +385,10 @@ TEST_CASE("report sinks and experts: predictor scores and the Super Expert list 
   REQUIRE(s.size() == 1);
   CHECK(s[0]["input"] == "rec.safetensors");
   CHECK(s[0]["predictor"] == "pfn1");
-  CHECK(s[0]["predicted"] == "1");
-  CHECK(s[0]["recall"] == "0.3333");
-  CHECK(s[0]["planted_precision"] == "");
-  CHECK(s[0]["planted_recall"] == "0.5000");
+  CHECK(s[0]["predicted"] == 1);
+  CHECK(s[0]["recall"] == 0.3333);
+  CHECK(s[0]["planted_precision"].is_null());
+  CHECK(s[0]["planted_recall"] == 0.5);
   CHECK(s[0]["missed"] == "17,40");
   CHECK(s[0]["extra"] == "");
 
@@ -441,8 +445,8 @@ TEST_CASE("report sinks and experts: the scenario ops' layout (one case per reco
   REQUIRE(sr.size() == 3);
   // nlohmann::json orders object keys: kvsink before pfn1.
   const std::string name = "sinks/synthetic/pfn1";
-  CHECK(sr[1] == Row{name, "kvsink", "2", "1.0000", "1.0000", "", "", "", "", ""});
-  CHECK(sr[2] == Row{name, "pfn1", "1", "1.0000", "0.5000", "", "0.5000", "5", "", ""});
+  CHECK(sr[1] == Row{name, "kvsink", "2", "1.0", "1.0", "", "", "", "", ""});
+  CHECK(sr[2] == Row{name, "pfn1", "1", "1.0", "0.5", "", "0.5", "5", "", ""});
 
   const Output e = report({"experts", "--db", path, "--format", "csv"});
   REQUIRE(e.status == 0);
@@ -540,20 +544,20 @@ TEST_CASE("report vlm and memory: one row per study case, winners decided from t
   const nlohmann::json v = nlohmann::json::parse(vlm.out);
   REQUIRE(v.size() == 1);
   CHECK(v[0]["case"] == "vlm/a/b2");
-  CHECK(v[0]["image_tokens"] == "64");
+  CHECK(v[0]["image_tokens"] == 64);
   CHECK(v[0]["equal_bits_winner"] == "akvq-vl");  // 0.2 < 0.3
   CHECK(v[0]["spec_vs_above_winner"] == "uniform");  // 0.5 > 0.4
-  CHECK(v[0]["uniform_above_bits"] == "3");
+  CHECK(v[0]["uniform_above_bits"] == 3);
   const Output mem = report({"memory", "--db", path, "--format", "json"});
   REQUIRE(mem.status == 0);
   const nlohmann::json mm = nlohmann::json::parse(mem.out);
   REQUIRE(mm.size() == 1);
   CHECK(mm[0]["method"] == "rtn");
-  CHECK(mm[0]["context"] == "4096");
-  CHECK(mm[0]["max_batch"] == "12");
-  CHECK(mm[0]["fp16_max_batch"] == "3");
-  CHECK(mm[0]["batch_ratio"] == "4");
-  CHECK(mm[0]["paper_batch_ratio"] == "");  // rtn: no paper claim stored
+  CHECK(mm[0]["context"] == 4096);
+  CHECK(mm[0]["max_batch"] == 12);
+  CHECK(mm[0]["fp16_max_batch"] == 3);
+  CHECK(mm[0]["batch_ratio"] == 4.0);
+  CHECK(mm[0]["paper_batch_ratio"].is_null());  // rtn: no paper claim stored
 }
 
 TEST_CASE("report --help lists every query with one line each") {
@@ -565,4 +569,54 @@ TEST_CASE("report --help lists every query with one line each") {
     CHECK_THAT(help.out, Contains(std::string("\n  ") + name + " "));
   }
   CHECK_THAT(help.out, Contains("Method x bits -> KV NMSE"));
+}
+
+TEST_CASE("report json: numbers are numbers, NULL is null, text is a string, by SQLite type") {
+  const std::string path = fresh_db("json-types");
+  {
+    kvq::Store store(path);
+    method_run(store);
+  }
+  const Output o = report({"--db", path, "--format", "json", "--sql",
+                           "SELECT 7 AS i, 2.5 AS r, NULL AS n, 'x' AS t, '7' AS s, 1e308 * 10 AS inf"});
+  REQUIRE(o.status == 0);
+  const nlohmann::json rows = nlohmann::json::parse(o.out);
+  REQUIRE(rows.size() == 1);
+  CHECK(rows[0]["i"].is_number_integer());
+  CHECK(rows[0]["i"] == 7);
+  CHECK(rows[0]["r"].is_number_float());
+  CHECK(rows[0]["r"] == 2.5);
+  CHECK(rows[0]["n"].is_null());
+  CHECK(rows[0]["t"] == "x");
+  CHECK(rows[0]["s"] == "7");       // TEXT that looks like a number stays text
+  CHECK(rows[0]["inf"] == "Inf");   // JSON has no infinity: SQLite's text
+  // The CSV and table keep SQLite's text: NULL empty.
+  const Output csv = report({"--db", path, "--format", "csv", "--sql", "SELECT 7 AS i, NULL AS n"});
+  CHECK(csv.out == "i,n\n7,\n");
+}
+
+TEST_CASE("report: a run that did not finish is stated as such on stderr") {
+  const std::string path = fresh_db("unfinished");
+  kvq::Store store(path);
+  method_run(store);  // run 1, complete
+  const int64_t killed = store.begin_run(info("killed.toml"));  // run 2: no finish, as a SIGKILL
+  store.add_case(killed, record("q/b2"), {check("fail", 3, "1", "2")}, {});
+  for (const std::vector<std::string>& args :
+       {std::vector<std::string>{"--db", path}, std::vector<std::string>{"failing", "--db", path},
+        std::vector<std::string>{"failing", "--db", path, "--format", "json"},
+        std::vector<std::string>{"--compare", "1", "2", "--db", path}}) {
+    const Output o = report(args);
+    INFO(args[0] << " " << o.error);
+    REQUIRE(o.status == 0);
+    CHECK(o.err == "kvq: note: run 2 is incomplete: it has no finish (killed, or still running); "
+                   "the report shows only the cases it stored\n");
+  }
+  // The rows are still there, and JSON stays parseable (the note is not in stdout).
+  const Output json = report({"failing", "--db", path, "--format", "json"});
+  CHECK(nlohmann::json::parse(json.out).at(0)["case"] == "q/b2");
+  // A finished run says nothing; a run stopped by an error says it failed.
+  CHECK(report({"--db", path, "--run", "1"}).err.empty());
+  store.finish_run(killed, "failed");
+  CHECK_THAT(report({"failing", "--db", path}).err, Contains("run 2 failed: it stopped before"));
+  CHECK(report({"--db", path, "--sql", "SELECT 1"}).err.empty());  // no run shown
 }

@@ -82,6 +82,15 @@ std::string describe_run(sqlite3* db, int64_t id) {
          ")";
 }
 
+// A report of a run that did not finish says so on stderr (stdout stays the report, also as CSV
+// or JSON), before the rows.
+void note_unfinished(sqlite3* db, int64_t run) {
+  const std::string note = unfinished_run_note(db, run);
+  if (note.empty()) return;
+  std::cout.flush();
+  std::cerr << "kvq: note: " << note << "\n";
+}
+
 }  // namespace
 
 int cmd_report(int argc, char** argv) {
@@ -138,6 +147,8 @@ int cmd_report(int argc, char** argv) {
   if (comparing) {
     const int64_t a = resolve_run(handle, compare[0], db);
     const int64_t b = resolve_run(handle, compare[1], db);
+    note_unfinished(handle, a);
+    if (b != a) note_unfinished(handle, b);
     const RunComparison c = compare_runs(handle, a, b, threshold);
     if (fmt == ReportFormat::Table)
       std::cout << "A = " << describe_run(handle, a) << "\nB = " << describe_run(handle, b)
@@ -150,9 +161,10 @@ int cmd_report(int argc, char** argv) {
   std::optional<int64_t> run;
   if (!run_text.empty()) {
     run = resolve_run(handle, run_text, db);
+    note_unfinished(handle, *run);
   } else if (!vm->count("sql")) {
     // A named query reads the newest run: say so plainly when there is none.
-    (void)resolve_run(handle, "last", db);
+    note_unfinished(handle, resolve_run(handle, "last", db));
   }
   if (name == "speed") sql = sql_of("speedup");
   if (name == "orderings") {

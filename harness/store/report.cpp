@@ -1,6 +1,8 @@
 #include "harness/store/report.h"
 
 #include <algorithm>
+#include <cmath>
+#include <cstdlib>
 #include <nlohmann/json.hpp>
 
 #include "reference/error.h"
@@ -26,11 +28,32 @@ void write_csv(const QueryResult& r, std::ostream& out) {
   for (const auto& row : r.rows) line(row);
 }
 
+// A value as JSON by its SQLite type: INTEGER and REAL as numbers (a REAL with SQLite's 15
+// significant digits, as the table and CSV show it; an infinity, which JSON cannot hold, as
+// SQLite's text "Inf"), NULL as null, TEXT as a string.
+nlohmann::json json_value(const std::string& text, CellType type) {
+  switch (type) {
+    case CellType::Null: return nullptr;
+    case CellType::Integer: return std::stoll(text);
+    case CellType::Real: {
+      const double v = std::strtod(text.c_str(), nullptr);
+      if (std::isfinite(v)) return v;
+      return text;
+    }
+    case CellType::Text: break;
+  }
+  return text;
+}
+
 void write_json(const QueryResult& r, std::ostream& out) {
   nlohmann::json rows = nlohmann::json::array();
-  for (const auto& row : r.rows) {
+  for (size_t j = 0; j < r.rows.size(); ++j) {
+    const auto& row = r.rows[j];
     nlohmann::json obj = nlohmann::json::object();
-    for (size_t i = 0; i < row.size() && i < r.columns.size(); ++i) obj[r.columns[i]] = row[i];
+    for (size_t i = 0; i < row.size() && i < r.columns.size(); ++i) {
+      const bool typed = j < r.types.size() && i < r.types[j].size();
+      obj[r.columns[i]] = typed ? json_value(row[i], r.types[j][i]) : nlohmann::json(row[i]);
+    }
     rows.push_back(std::move(obj));
   }
   out << rows.dump(2) << "\n";

@@ -1,5 +1,6 @@
 // Formatting of report query results (`kvq report`): an aligned text table, CSV (RFC 4180
-// quoting) or JSON (an array of objects, one per row, every value a string as SQLite gave it).
+// quoting) or JSON (an array of objects, one per row: numbers as numbers, NULL as null, text as
+// strings, by each value's SQLite type).
 #pragma once
 
 #include <ostream>

@@ -64,6 +64,12 @@ QueryResult paper_orderings(const QueryResult& accuracy) {
       const Triple& v = values[key][m];
       if (v[0].empty() && v[1].empty() && v[2].empty()) continue;  // e.g. a run before the metric
       out.rows.push_back({key.first, key.second, kMetrics[m], v[0], v[1], v[2], verdict(v)});
+      const auto number = [](const std::string& t, CellType type) {
+        return t.empty() ? CellType::Null : type;
+      };
+      out.types.push_back({CellType::Text, number(key.second, CellType::Integer), CellType::Text,
+                           number(v[0], CellType::Real), number(v[1], CellType::Real),
+                           number(v[2], CellType::Real), CellType::Text});
     }
   return out;
 }

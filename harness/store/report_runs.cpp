@@ -64,6 +64,20 @@ int64_t resolve_run(sqlite3* db, const std::string& spec, const std::string& db_
   throw Error("run " + spec + ": no such run in " + db_path + " (stored: " + id_list(ids) + ")");
 }
 
+std::string unfinished_run_note(sqlite3* db, int64_t run) {
+  const QueryResult r =
+      run_report_query(db, "SELECT status FROM runs WHERE id = :run", std::optional(run));
+  const std::string status = r.rows.empty() ? "" : r.rows[0][0];
+  const std::string head = "run " + std::to_string(run);
+  if (status == "incomplete")
+    return head + " is incomplete: it has no finish (killed, or still running); the report shows "
+                  "only the cases it stored";
+  if (status == "failed")
+    return head + " failed: it stopped before its last case; the report shows only the cases it "
+                  "stored";
+  return "";
+}
+
 QueryResult run_report_query(sqlite3* db, const std::string& sql, std::optional<int64_t> run) {
   try {
     return run_query(db, sql, run ? QueryParameters{{":run", *run}} : QueryParameters{});

@@ -19,6 +19,10 @@ std::vector<int64_t> stored_run_ids(sqlite3* db);
 // the ids that are) or the text is none of these forms.
 int64_t resolve_run(sqlite3* db, const std::string& spec, const std::string& db_path);
 
+// "" when run `run` finished ('complete'); otherwise one sentence saying it did not: status
+// 'incomplete' (no finish recorded: killed, or still running) or 'failed'.
+std::string unfinished_run_note(sqlite3* db, int64_t run);
+
 // run_query (harness/store/store.h) with the parameter :run of every statement bound to `run`, or
 // to NULL when none is given, so a named query can read a chosen run and default to the newest.
 QueryResult run_report_query(sqlite3* db, const std::string& sql, std::optional<int64_t> run);

@@ -458,11 +458,19 @@ QueryResult run_query(sqlite3* db, const std::string& sql, const QueryParameters
     int rc;
     while ((rc = sqlite3_step(raw)) == SQLITE_ROW) {
       std::vector<std::string> row;
+      std::vector<CellType> types;
       for (int i = 0; i < ncol; ++i) {
+        switch (sqlite3_column_type(raw, i)) {  // before column_text, which may convert it
+          case SQLITE_NULL: types.push_back(CellType::Null); break;
+          case SQLITE_INTEGER: types.push_back(CellType::Integer); break;
+          case SQLITE_FLOAT: types.push_back(CellType::Real); break;
+          default: types.push_back(CellType::Text); break;
+        }
         const auto* text = sqlite3_column_text(raw, i);
         row.emplace_back(text ? reinterpret_cast<const char*>(text) : "");
       }
       current.rows.push_back(std::move(row));
+      current.types.push_back(std::move(types));
     }
     if (rc != SQLITE_DONE) throw Error(std::string("query: ") + sqlite3_errmsg(db));
     if (ncol > 0) result = std::move(current);

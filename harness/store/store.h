@@ -123,10 +123,14 @@ std::vector<std::pair<std::string, std::string>> named_queries();
 const char* schema_sql();
 
 // The result of the last statement of `sql` that returns columns: column names and rows, every
-// value as text (SQL NULL as the empty string). Throws kvq::Error with SQLite's message.
+// value as text (SQL NULL as the empty string), and each value's SQLite storage class in `types`
+// (same shape as rows), so JSON can print numbers as numbers and NULL as null. A result built in
+// C++ may leave `types` empty: its values are text. Throws kvq::Error with SQLite's message.
+enum class CellType : uint8_t { Null, Integer, Real, Text };  // a BLOB counts as text
 struct QueryResult {
   std::vector<std::string> columns;
   std::vector<std::vector<std::string>> rows;
+  std::vector<std::vector<CellType>> types;
 };
 QueryResult run_query(sqlite3* db, const std::string& sql);
 // The same with integer parameters bound by name (e.g. {":run", 7}) in every statement that has
