@@ -4,7 +4,7 @@
 // (scenario.cpp) validates each key against its entry in key_defs() and, once a case is
 // expanded, fills the op's struct (ScenarioCase::keys), so the runner and the studies read members,
 // never a key by its name. docs/scenario-format.md's key table is case_keys_markdown(), checked by
-// tests/test_docs.py through `test_scenario`.
+// tests/test_scenario.cpp.
 #pragma once
 
 #include <cstdint>
@@ -76,6 +76,8 @@ struct BackendCase {
 // What a study's recording is made of (harness/recording/case_recording.h): `kvq synth`'s keys
 // with SynthParams' defaults (tests/test_study_ops.cpp checks they agree), or a model run.
 struct RecordingKeys {
+  // tokens: also input = "model"'s recorded length, BOS + 255 text tokens (docs/spec.md §4's
+  // ground truth scores tokens 0..T-64, so shorter recordings say little about sinks).
   int64_t seed = 1, layers = 4, tokens = 256, heads = 4, head_dim = 32, hidden = 256;
   std::optional<int64_t> q_heads;  // none: max(8, heads)
   int64_t experts = 128, top_k = 4, image_tokens = 64;
