@@ -26,8 +26,24 @@ count() {  # adds the counts of the meson test run just finished
   passed=$((passed + p)) failed=$((failed + f)) skipped=$((skipped + s))
 }
 
-meson test -C "$build" --print-errorlogs --num-processes 2 --no-suite hf
+# The tests run with a temporary folder of their own, which they must leave empty (each test
+# removes what it writes there: tests/scratch.h). 0755: a test may run kvq with fewer rights.
+test_tmp=$(mktemp -d) && chmod 755 "$test_tmp"
+# The gates' study recordings: cached beside the tests' (tests/meson.build), not in the tmp folder.
+export KVQ_CACHE="$(cd "$build" && pwd)/tests/kvq-cache"
+left_in_tmp() {  # counts a failure when a test run left anything in $test_tmp
+  local left
+  left=$(find "$test_tmp" -mindepth 1 -maxdepth 1 -printf '%f ' | head -c 400)
+  if [ -n "$left" ]; then
+    failed=$((failed + 1))
+    echo "FAIL: the tests left files in the temporary folder: $left"
+    rm -rf "${test_tmp:?}"/*
+  fi
+}
+
+TMPDIR=$test_tmp meson test -C "$build" --print-errorlogs --num-processes 2 --no-suite hf
 count
+left_in_tmp
 
 # The cross-backend gates over every CPU backend this machine has: synthetic inputs
 # (scenarios/ci.toml), then the recorded activations of data/tiny-moe.safetensors
@@ -49,8 +65,10 @@ if ! wait "$hf_install"; then
   echo "install-deps --hf failed (see $build/install-hf.log): record_hf will be skipped"
 fi
 cat "$build/install-hf.log"
-meson test -C "$build" --print-errorlogs --suite hf
+TMPDIR=$test_tmp meson test -C "$build" --print-errorlogs --suite hf
 count
+left_in_tmp
+rm -rf "$test_tmp"
 
 echo "$passed passed, $failed failed, $skipped skipped"
 [ "$failed" -eq 0 ]

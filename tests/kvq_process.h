@@ -18,6 +18,7 @@
 #include <stdexcept>
 #include <string>
 #include <vector>
+#include "tests/scratch.h"
 
 namespace kvq::testing {
 
@@ -110,8 +111,7 @@ struct ScenarioRun {
 
 inline ScenarioRun run_scenario(const std::string& name, const std::string& toml) {
   ScenarioRun run;
-  run.dir = std::filesystem::temp_directory_path() /
-            ("kvq_test_" + name + "_" + std::to_string(::getpid()));
+  run.dir = scratch_root("scenario_runs") / name;
   std::filesystem::create_directories(run.dir);
   const std::filesystem::path scenario = run.dir / (name + ".toml");
   std::ofstream(scenario) << toml;

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "harness/cli/cli.h"
+#include "tests/scratch.h"
 
 namespace fs = std::filesystem;
 using Catch::Matchers::Contains;
@@ -25,7 +26,7 @@ namespace {
 
 fs::path fresh_dir(const std::string& name) {
   const fs::path dir =
-      fs::temp_directory_path() / ("kvq_test_cli_" + std::to_string(::getpid())) / name;
+      kvq::testing::scratch_root("cli") / name;
   fs::remove_all(dir);
   fs::create_directories(dir);
   return dir;

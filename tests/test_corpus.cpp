@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "tests/kvq_process.h"
+#include "tests/scratch.h"
 
 namespace fs = std::filesystem;
 using kvq::testing::run_kvq;
@@ -68,8 +69,7 @@ std::vector<Row> read_cases() {
 }
 
 fs::path fresh_dir(const std::string& name) {
-  const fs::path dir = fs::temp_directory_path() /
-                       ("kvq_test_corpus_" + std::to_string(::getpid())) / name;
+  const fs::path dir = kvq::testing::scratch_root("corpus") / name;
   fs::remove_all(dir);
   fs::create_directories(dir);
   return dir;

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "tests/kvq_process.h"
+#include "tests/scratch.h"
 
 namespace fs = std::filesystem;
 using kvq::testing::KvqProcess;
@@ -24,7 +25,7 @@ namespace {
 
 fs::path fresh_dir(const std::string& name) {
   const fs::path dir =
-      fs::temp_directory_path() / ("kvq_test_durability_" + std::to_string(::getpid())) / name;
+      kvq::testing::scratch_root("durability") / name;
   fs::remove_all(dir);
   fs::create_directories(dir);
   return dir;

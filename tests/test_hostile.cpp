@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "tests/kvq_process.h"
+#include "tests/scratch.h"
 
 namespace fs = std::filesystem;
 using Catch::Matchers::Contains;
@@ -28,7 +29,7 @@ namespace {
 // This process' scratch folder, removed when the test binary exits.
 struct ScratchRoot {
   const fs::path dir =
-      fs::temp_directory_path() / ("kvq_test_hostile_" + std::to_string(::getpid()));
+      kvq::testing::scratch_root("hostile");
   ~ScratchRoot() { fs::remove_all(dir); }
 } scratch;
 

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "tests/kvq_process.h"
+#include "tests/scratch.h"
 
 namespace fs = std::filesystem;
 using kvq::testing::run_kvq;
@@ -20,7 +21,7 @@ namespace {
 
 fs::path fresh_dir(const std::string& name) {
   const fs::path dir =
-      fs::temp_directory_path() / ("kvq_test_merge_" + std::to_string(::getpid())) / name;
+      kvq::testing::scratch_root("merge") / name;
   fs::remove_all(dir);
   fs::create_directories(dir);
   return dir;

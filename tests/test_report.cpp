@@ -18,6 +18,7 @@
 #include "harness/store/report_runs.h"
 #include "harness/store/store.h"
 #include "reference/error.h"
+#include "tests/scratch.h"
 
 namespace fs = std::filesystem;
 using Catch::Matchers::Contains;
@@ -27,7 +28,7 @@ namespace {
 
 std::string fresh_db(const std::string& name) {
   const fs::path dir =
-      fs::temp_directory_path() / ("kvq_test_report_" + std::to_string(::getpid())) / name;
+      kvq::testing::scratch_root("report") / name;
   fs::remove_all(dir);
   return (dir / "kvq.db").string();
 }

@@ -16,6 +16,7 @@
 #include "harness/scenario/scenario.h"
 #include "harness/store/store.h"
 #include "reference/error.h"
+#include "tests/scratch.h"
 
 namespace fs = std::filesystem;
 
@@ -23,7 +24,7 @@ namespace {
 
 fs::path fresh_dir(const std::string& name) {
   const fs::path dir =
-      fs::temp_directory_path() / ("kvq_test_runner_" + std::to_string(::getpid())) / name;
+      kvq::testing::scratch_root("runner") / name;
   fs::remove_all(dir);
   fs::create_directories(dir);
   return dir;

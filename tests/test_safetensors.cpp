@@ -11,6 +11,7 @@
 #include "harness/io/safetensors.h"
 #include "reference/error.h"
 #include "reference/half.h"
+#include "tests/scratch.h"
 
 namespace fs = std::filesystem;
 using Catch::Matchers::Contains;
@@ -20,7 +21,7 @@ namespace {
 
 fs::path temp_dir() {
   const fs::path dir =
-      fs::temp_directory_path() / ("kvq_test_safetensors_" + std::to_string(::getpid()));
+      kvq::testing::scratch_root("safetensors");
   fs::create_directories(dir);
   return dir;
 }

@@ -14,6 +14,7 @@
 #include "harness/io/safetensors.h"
 #include "harness/scenario/scenario.h"
 #include "reference/error.h"
+#include "tests/scratch.h"
 
 namespace fs = std::filesystem;
 using Catch::Matchers::Contains;
@@ -23,7 +24,7 @@ namespace {
 // A fresh folder per test case; files are written into it by the test itself.
 fs::path fresh_dir(const std::string& name) {
   const fs::path dir =
-      fs::temp_directory_path() / ("kvq_test_scenario_" + std::to_string(::getpid())) / name;
+      kvq::testing::scratch_root("scenario") / name;
   fs::remove_all(dir);
   fs::create_directories(dir);
   return dir;

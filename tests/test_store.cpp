@@ -16,6 +16,7 @@
 #include "harness/io/sha256.h"
 #include "harness/store/store.h"
 #include "reference/error.h"
+#include "tests/scratch.h"
 
 namespace fs = std::filesystem;
 using Catch::Matchers::Contains;
@@ -25,7 +26,7 @@ namespace {
 // A fresh database path per test case.
 std::string fresh_db(const std::string& name) {
   const fs::path dir =
-      fs::temp_directory_path() / ("kvq_test_store_" + std::to_string(::getpid())) / name;
+      kvq::testing::scratch_root("store") / name;
   fs::remove_all(dir);
   return (dir / "sub" / "kvq.db").string();  // parent folders do not exist yet
 }

@@ -22,6 +22,7 @@
 #include "harness/recording/synth.h"
 #include "data_file.h"
 #include "verify/metrics.h"
+#include "tests/scratch.h"
 
 namespace fs = std::filesystem;
 
@@ -29,7 +30,7 @@ namespace {
 
 std::string temp_path(const std::string& name) {
   const fs::path dir =
-      fs::temp_directory_path() / ("kvq_test_studies_" + std::to_string(::getpid()));
+      kvq::testing::scratch_root("studies");
   fs::create_directories(dir);
   return (dir / name).string();
 }

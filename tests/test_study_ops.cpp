@@ -29,6 +29,7 @@
 #include "kvq_process.h"
 #include "reference/error.h"
 #include "data_file.h"
+#include "tests/scratch.h"
 
 #include <toml++/toml.h>
 
@@ -36,9 +37,19 @@ namespace fs = std::filesystem;
 
 namespace {
 
+// KVQ_CACHE as the test run gave it (tests/meson.build: a folder in the build tree, not the
+// temporary folder), put back after a case that points it at a folder of its own.
+const std::string kRunCache = std::getenv("KVQ_CACHE") ? std::getenv("KVQ_CACHE") : "";
+void restore_cache_env() {
+  if (kRunCache.empty())
+    ::unsetenv("KVQ_CACHE");
+  else
+    ::setenv("KVQ_CACHE", kRunCache.c_str(), 1);
+}
+
 fs::path temp_dir(const std::string& name) {
   const fs::path dir =
-      fs::temp_directory_path() / ("kvq_test_study_ops_" + std::to_string(::getpid())) / name;
+      kvq::testing::scratch_root("study_ops") / name;
   fs::create_directories(dir);
   return dir;
 }
@@ -272,7 +283,7 @@ TEST_CASE("case_recording: a synthetic case is synthesized once into the cache, 
   kvq::ScenarioCase file_case;
   file_case.input = first;
   CHECK(kvq::case_recording(file_case, k) == first);  // a recording path is used as it is
-  ::unsetenv("KVQ_CACHE");
+  restore_cache_env();
 }
 
 TEST_CASE("runner: a study that throws is an error check of ref naming the case; others run") {
@@ -309,7 +320,7 @@ tokens = 96
   CHECK(summary.failures[0].got.find("dense.toml:") != std::string::npos);
   CHECK(scalar(options.db, "SELECT status FROM checks") == "error");
   CHECK(scalar(options.db, "SELECT status FROM runs") == "complete");
-  ::unsetenv("KVQ_CACHE");
+  restore_cache_env();
 }
 
 TEST_CASE("experts scenario, synthetic cases: every planted Super Expert and no other") {

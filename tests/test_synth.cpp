@@ -13,6 +13,7 @@
 #include "harness/io/safetensors.h"
 #include "harness/recording/synth.h"
 #include "reference/error.h"
+#include "tests/scratch.h"
 
 namespace fs = std::filesystem;
 using Catch::Matchers::Contains;
@@ -21,7 +22,7 @@ using json = nlohmann::json;
 namespace {
 
 std::string temp_path(const std::string& name) {
-  const fs::path dir = fs::temp_directory_path() / ("kvq_test_synth_" + std::to_string(::getpid()));
+  const fs::path dir = kvq::testing::scratch_root("synth");
   fs::create_directories(dir);
   return (dir / name).string();
 }
