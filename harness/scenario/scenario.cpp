@@ -23,6 +23,11 @@ namespace kvq {
 
 namespace {
 
+// " (why)" when a file's status could not be read (a name too long, a folder not searchable).
+std::string reason(const std::error_code& ec) {
+  return ec ? " (" + ec.message() + ")" : "";
+}
+
 // One scalar of a study's own key, type-checked by its KeyType; a Path is resolved relative to
 // the scenario's folder and must name a file.
 nlohmann::json study_scalar(const KeyDef& key, const toml::node& node, const std::string& where,
@@ -60,8 +65,8 @@ nlohmann::json study_scalar(const KeyDef& key, const toml::node& node, const std
     case KeyType::Path: {
       if (!node.is_string()) throw Error(where + ": expected a file path (a string)");
       const std::filesystem::path file = folder / *node.value<std::string>();
-      if (!std::filesystem::is_regular_file(file))
-        throw Error(where + ": file '" + file.string() + "' not found");
+      if (std::error_code ec; !std::filesystem::is_regular_file(file, ec))
+        throw Error(where + ": file '" + file.string() + "' not found" + reason(ec));
       return file.string();
     }
   }
@@ -315,7 +320,8 @@ std::string substitute_variables(const std::string& path, const std::string& tex
 }  // namespace
 
 Scenario load_scenario(const std::string& path, const ScenarioVars& vars) {
-  if (std::filesystem::is_directory(path)) throw Error(path + ": is a directory, not a scenario file");
+  if (std::error_code ec; std::filesystem::is_directory(path, ec))
+    throw Error(path + ": is a directory, not a scenario file");
   std::ifstream file(path, std::ios::binary);
   if (!file) throw Error(path + ": cannot open (" + std::strerror(errno) + ")");
   const std::string text((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
@@ -389,8 +395,8 @@ Scenario load_scenario(const std::string& path, const ScenarioVars& vars) {
         // "model": a llama2.c recording made from keys model, tokenizer, text (studies only).
         if (base.input != "synthetic" && base.input != "model") {
           const std::filesystem::path file = folder / base.input;
-          if (!std::filesystem::is_regular_file(file))
-            throw Error(where + ": recording '" + file.string() + "' not found");
+          if (std::error_code ec; !std::filesystem::is_regular_file(file, ec))
+            throw Error(where + ": recording '" + file.string() + "' not found" + reason(ec));
           base.input = file.string();
         }
       } else if (const toml::array* arr = node->as_array()) {

@@ -131,6 +131,11 @@ write("st_experts_bomb.safetensors", st(ROUTING, metadata={"num_experts": "10000
 write("st_expert_id_bomb.safetensors",
       st([("layers.0.experts.ids", "I32", [2, 1], struct.pack("<2i", 0, 2147483647)),
           ROUTING[1]]))
+# A recording name longer than a file name may be (found by fuzz_scenario: an exception, not
+# kvq::Error, left the loader).
+with open(os.path.join(HERE, "toml_input_name_too_long.toml"), "w") as f:
+    f.write("# Hostile scenario: its input's file name has 300 characters.\n[[case]]\n"
+            "op = \"quantize\"\ninput = \"%s.safetensors\"\n" % ("x" * 300))
 # A scenario whose two sweeps expand to 400 x 400 = 160000 cases (the limit is 100000).
 with open(os.path.join(HERE, "toml_sweep_bomb.toml"), "w") as f:
     f.write("# Hostile scenario: its sweeps expand to 160000 cases.\n[[case]]\nop = \"fwht\"\n"
